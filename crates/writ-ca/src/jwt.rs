@@ -1,0 +1,332 @@
+//! JWT-SVID signing and validation (spiffe-requirements.md section 3).
+//!
+//! Tokens are JWS compact serialization with a header of exactly `alg`, `kid` and `typ` (`JWT`),
+//! and claims `sub`, `aud`, `exp`, `iat` and, when configured, `iss`. Validation refuses `none`,
+//! every HMAC algorithm and anything not in the SPIFFE list; it needs `exp` (in the future), an
+//! `aud` containing the validator's audience, and a signature by a key of the subject's trust
+//! domain bundle, found by `kid`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, RsaPublicKeyComponents, UnparsedPublicKey};
+use serde_json::{json, Map, Value};
+use writ_core::{Bundle, PublicJwk, SpiffeId, TrustDomain};
+
+use crate::error::CaError;
+use crate::keys::{KeyType, PrivateKey};
+
+/// Largest token accepted for validation, in bytes.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// A JWT signing key with its `kid`.
+pub struct JwtSigner {
+    kid: String,
+    key_type: KeyType,
+    key: EcdsaKeyPair,
+    public: PublicJwk,
+    rng: SystemRandom,
+    issuer: Option<String>,
+}
+
+impl std::fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JwtSigner({})", self.kid)
+    }
+}
+
+impl JwtSigner {
+    /// Wraps `key` as signer `kid`; `issuer` becomes the `iss` claim when set.
+    pub fn new(kid: String, key: &PrivateKey, issuer: Option<String>) -> Result<Self, CaError> {
+        let ring_key = key.ring_fixed_key_pair()?;
+        let public = PublicJwk::from_ec_point(&key.public_point()?)?;
+        Ok(JwtSigner {
+            kid,
+            key_type: key.key_type(),
+            key: ring_key,
+            public,
+            rng: SystemRandom::new(),
+            issuer,
+        })
+    }
+
+    /// The key ID.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key, for the bundle.
+    pub fn public_jwk(&self) -> &PublicJwk {
+        &self.public
+    }
+
+    /// Signs a JWT-SVID for `sub` and `audience`, valid for `ttl_secs` from `now`.
+    /// Returns the token and its `exp`.
+    pub fn sign(
+        &self,
+        sub: &SpiffeId,
+        audience: &[String],
+        ttl_secs: i64,
+        now: i64,
+    ) -> Result<(String, i64), CaError> {
+        if ttl_secs <= 0 {
+            return Err(CaError::ZeroTtl);
+        }
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(CaError::BadSpiffeId {
+                id: sub.to_string(),
+                reason: "a JWT-SVID needs at least one non-empty audience",
+            });
+        }
+        let exp = now + ttl_secs;
+        let header = json!({"alg": self.key_type.jws_alg(), "kid": self.kid, "typ": "JWT"});
+        let aud: Value = if audience.len() == 1 {
+            audience[0].clone().into()
+        } else {
+            audience.to_vec().into()
+        };
+        let mut claims = Map::new();
+        claims.insert("sub".into(), sub.as_str().into());
+        claims.insert("aud".into(), aud);
+        claims.insert("exp".into(), exp.into());
+        claims.insert("iat".into(), now.into());
+        if let Some(iss) = &self.issuer {
+            claims.insert("iss".into(), iss.clone().into());
+        }
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string())
+        );
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|_| CaError::Signing)?;
+        Ok((
+            format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())),
+            exp,
+        ))
+    }
+}
+
+/// Why a JWT-SVID is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// Not three base64url parts of JSON.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// Token over [`MAX_TOKEN_LEN`].
+    #[error("token is too large")]
+    TooLarge,
+    /// `alg` is `none`, HMAC, or not one SPIFFE allows.
+    #[error("algorithm `{0}` is not allowed")]
+    BadAlgorithm(String),
+    /// An allowed algorithm ring cannot check (ES512).
+    #[error("algorithm `{0}` is not supported by this validator")]
+    UnsupportedAlgorithm(String),
+    /// A header field other than `alg`, `kid`, `typ`, or a bad `typ`.
+    #[error("header field `{0}` is not allowed")]
+    BadHeader(String),
+    /// No `kid`.
+    #[error("header has no `kid`")]
+    MissingKid,
+    /// `sub` missing or not a SPIFFE ID.
+    #[error("`sub` is missing or not a valid SPIFFE ID")]
+    BadSubject,
+    /// No bundle for the subject's trust domain.
+    #[error("no bundle for trust domain `{0}`")]
+    NoBundle(String),
+    /// The `kid` is not in the bundle.
+    #[error("key id `{0}` is not in the trust domain's bundle")]
+    UnknownKid(String),
+    /// Key type and algorithm disagree.
+    #[error("key `{0}` cannot be used with algorithm `{1}`")]
+    KeyMismatch(String, String),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// `exp` missing or not a number.
+    #[error("`exp` claim is missing")]
+    MissingExp,
+    /// `exp` in the past.
+    #[error("token expired at {0}")]
+    Expired(i64),
+    /// `nbf` in the future.
+    #[error("token is not valid before {0}")]
+    NotYetValid(i64),
+    /// `aud` missing or empty.
+    #[error("`aud` claim is missing or empty")]
+    MissingAudience,
+    /// `aud` lacks the validator's audience.
+    #[error("audience `{0}` is not in the token's `aud`")]
+    WrongAudience(String),
+}
+
+/// A JWT-SVID that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedJwt {
+    /// The subject.
+    pub spiffe_id: SpiffeId,
+    /// All claims.
+    pub claims: Map<String, Value>,
+}
+
+/// Reads the `sub` of a token without checking anything else (to pick the bundle).
+pub fn peek_subject(token: &str) -> Result<SpiffeId, JwtError> {
+    let parts = split(token)?;
+    let claims = decode_json(parts[1])?;
+    subject(&claims)
+}
+
+fn split(token: &str) -> Result<[&str; 3], JwtError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(JwtError::TooLarge);
+    }
+    let mut it = token.split('.');
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some(h), Some(c), Some(s), None) => Ok([h, c, s]),
+        _ => Err(JwtError::Malformed("expected three dot-separated parts")),
+    }
+}
+
+fn decode_json(part: &str) -> Result<Map<String, Value>, JwtError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtError::Malformed("part is not base64url"))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(JwtError::Malformed("part is not a JSON object")),
+    }
+}
+
+fn subject(claims: &Map<String, Value>) -> Result<SpiffeId, JwtError> {
+    claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .and_then(|s| SpiffeId::parse(s).ok())
+        .ok_or(JwtError::BadSubject)
+}
+
+/// Validates a JWT-SVID for `audience` at `now` against the bundles `bundle_for` returns.
+pub fn validate(
+    token: &str,
+    audience: &str,
+    now: i64,
+    bundle_for: impl Fn(&TrustDomain) -> Option<Bundle>,
+) -> Result<ValidatedJwt, JwtError> {
+    let [h, c, s] = split(token)?;
+    let header = decode_json(h)?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(JwtError::Malformed("header has no `alg`"))?;
+    const ALLOWED: [&str; 9] = [
+        "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+    ];
+    if !ALLOWED.contains(&alg) {
+        return Err(JwtError::BadAlgorithm(alg.to_owned()));
+    }
+    for k in header.keys() {
+        if !matches!(k.as_str(), "alg" | "kid" | "typ") {
+            return Err(JwtError::BadHeader(k.clone()));
+        }
+    }
+    if let Some(t) = header.get("typ") {
+        if !matches!(t.as_str(), Some("JWT" | "JOSE")) {
+            return Err(JwtError::BadHeader("typ".into()));
+        }
+    }
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        .ok_or(JwtError::MissingKid)?;
+    let claims = decode_json(c)?;
+    let sub = subject(&claims)?;
+    let td = sub.trust_domain();
+    let bundle = bundle_for(&td).ok_or_else(|| JwtError::NoBundle(td.to_string()))?;
+    let authority = bundle
+        .jwt_authority(kid)
+        .ok_or_else(|| JwtError::UnknownKid(kid.to_owned()))?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| JwtError::Malformed("signature is not base64url"))?;
+    let signing_input = &token[..h.len() + 1 + c.len()];
+    verify_sig(
+        alg,
+        kid,
+        &authority.public_key,
+        signing_input.as_bytes(),
+        &sig,
+    )?;
+
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or(JwtError::MissingExp)? as i64;
+    if exp <= now {
+        return Err(JwtError::Expired(exp));
+    }
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
+        if nbf as i64 > now {
+            return Err(JwtError::NotYetValid(nbf as i64));
+        }
+    }
+    let auds: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if auds.is_empty() || auds.iter().any(|a| a.is_empty()) {
+        return Err(JwtError::MissingAudience);
+    }
+    if !auds.contains(&audience) {
+        return Err(JwtError::WrongAudience(audience.to_owned()));
+    }
+    Ok(ValidatedJwt {
+        spiffe_id: sub,
+        claims,
+    })
+}
+
+fn verify_sig(
+    alg: &str,
+    kid: &str,
+    key: &PublicJwk,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), JwtError> {
+    let mismatch = || JwtError::KeyMismatch(kid.to_owned(), alg.to_owned());
+    match (alg, key) {
+        ("ES256" | "ES384", PublicJwk::Ec { crv, .. }) => {
+            let (want, algo): (&str, &'static dyn signature::VerificationAlgorithm) =
+                if alg == "ES256" {
+                    ("P-256", &signature::ECDSA_P256_SHA256_FIXED)
+                } else {
+                    ("P-384", &signature::ECDSA_P384_SHA384_FIXED)
+                };
+            if crv != want {
+                return Err(mismatch());
+            }
+            let point = key.ec_point().ok_or_else(mismatch)?;
+            UnparsedPublicKey::new(algo, point)
+                .verify(msg, sig)
+                .map_err(|_| JwtError::BadSignature)
+        }
+        ("ES512", _) => Err(JwtError::UnsupportedAlgorithm(alg.to_owned())),
+        (_, PublicJwk::Rsa { n, e }) if alg.starts_with("RS") || alg.starts_with("PS") => {
+            let params: &signature::RsaParameters = match alg {
+                "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
+                "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,
+                "RS512" => &signature::RSA_PKCS1_2048_8192_SHA512,
+                "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
+                "PS384" => &signature::RSA_PSS_2048_8192_SHA384,
+                _ => &signature::RSA_PSS_2048_8192_SHA512,
+            };
+            RsaPublicKeyComponents { n, e }
+                .verify(params, msg, sig)
+                .map_err(|_| JwtError::BadSignature)
+        }
+        _ => Err(mismatch()),
+    }
+}

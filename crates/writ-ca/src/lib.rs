@@ -1,0 +1,26 @@
+//! writ-ca: keys, the X.509 CA with rotation, X509-SVID minting, JWT-SVID signing and validation.
+//!
+//! - [`keys`]: key generation with ring (EC P-256 by default, P-384), the [`KeyManager`] trait,
+//!   a disk manager (PKCS#8 PEM files, 0600, atomic writes) and an in-memory one.
+//! - [`x509`]: CA certificates (self-signed, or an intermediate under an operator's CA read from
+//!   disk) and minting X509-SVIDs from a public key or a CSR.
+//! - [`rotation`]: the prepared / active / old journal for X.509 CAs and JWT keys.
+//! - [`jwt`]: JWT-SVID signing (ES256/ES384) and validation.
+//!
+//! Invariants: an SVID never outlives the CA that signed it; a prepared CA is in the bundle before
+//! it signs anything; the CA's own key is never certified as a leaf; CSR signatures are verified
+//! before their key is used.
+
+pub mod error;
+pub mod jwt;
+pub mod keys;
+pub mod rotation;
+pub mod svid;
+pub mod x509;
+
+pub use error::CaError;
+pub use jwt::{JwtError, JwtSigner, ValidatedJwt};
+pub use keys::{DiskKeyManager, KeyManager, KeyType, MemoryKeyManager, PrivateKey};
+pub use rotation::{CaConfig, CaJournal, CaManager, SlotState};
+pub use svid::{verify_x509_svid, SvidError};
+pub use x509::{MintedSvid, SvidRequest, UpstreamAuthority, X509Authority};

@@ -1,0 +1,432 @@
+//! The CA rotation journal and the manager that follows it.
+//!
+//! The journal lists X.509 CAs and JWT signing keys, each *prepared*, *active* or *old*:
+//! - at half of the active authority's lifetime a new one is **prepared**: it is published in the
+//!   bundle at once but signs nothing yet, so every relying party learns it before it is used;
+//! - at five sixths the prepared one becomes **active** and the previous one **old**; old ones
+//!   stay in the bundle until they expire, because SVIDs they signed are still in use;
+//! - when nothing valid is active (first start, or a server that was down past an expiry) a new
+//!   authority is made active at once.
+//!
+//! The journal is plain data (serde): the server persists it in its store after every change and
+//! hands it back on start, so a restart resumes the same rotation. Keys live in the
+//! [`KeyManager`], under the journal's key IDs.
+
+use std::sync::Arc;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use writ_core::{JwtAuthority, PublicJwk, TrustDomain};
+
+use crate::error::CaError;
+use crate::jwt::JwtSigner;
+use crate::keys::{KeyManager, KeyType};
+use crate::x509::{build_ca_cert, UpstreamAuthority, X509Authority};
+
+/// Where an authority is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotState {
+    /// Published in the bundle, not signing yet.
+    Prepared,
+    /// Signing.
+    Active,
+    /// Retired from signing, published until it expires.
+    Old,
+}
+
+/// An X.509 CA in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct X509Slot {
+    /// Key manager ID of the CA key.
+    pub key_id: String,
+    /// State.
+    pub state: SlotState,
+    /// CA certificate, DER.
+    #[serde(with = "b64")]
+    pub cert_der: Vec<u8>,
+    /// Intermediates above it (upstream mode).
+    #[serde(with = "b64vec", default)]
+    pub upstream_chain: Vec<Vec<u8>>,
+    /// NotBefore (unix seconds).
+    pub not_before: i64,
+    /// NotAfter (unix seconds).
+    pub not_after: i64,
+}
+
+/// A JWT signing key in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtSlot {
+    /// The `kid` published in the bundle.
+    pub kid: String,
+    /// Key manager ID of the key.
+    pub key_id: String,
+    /// State.
+    pub state: SlotState,
+    /// The public key.
+    pub public_key: PublicJwk,
+    /// Start of validity (unix seconds).
+    pub not_before: i64,
+    /// End of validity (unix seconds).
+    pub not_after: i64,
+}
+
+/// The whole journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaJournal {
+    /// X.509 CAs, oldest first.
+    pub x509: Vec<X509Slot>,
+    /// JWT keys, oldest first.
+    pub jwt: Vec<JwtSlot>,
+    /// Counter for key IDs.
+    pub next_key: u64,
+}
+
+/// CA settings.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// Trust domain of the CA.
+    pub trust_domain: TrustDomain,
+    /// Key type of CA and JWT keys.
+    pub key_type: KeyType,
+    /// Lifetime of each X.509 CA (seconds).
+    pub ca_ttl_secs: i64,
+    /// Lifetime of each JWT key (seconds).
+    pub jwt_key_ttl_secs: i64,
+    /// `iss` claim for JWT-SVIDs, if any.
+    pub jwt_issuer: Option<String>,
+}
+
+/// Runs the journal: holds the active authorities and rotates them on [`CaManager::tick`].
+pub struct CaManager {
+    config: CaConfig,
+    keys: Arc<dyn KeyManager>,
+    upstream: Option<UpstreamAuthority>,
+    journal: CaJournal,
+    x509_active: Arc<X509Authority>,
+    jwt_active: Arc<JwtSigner>,
+}
+
+impl std::fmt::Debug for CaManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaManager")
+            .field("journal", &self.journal)
+            .finish()
+    }
+}
+
+trait Slot {
+    fn state(&self) -> SlotState;
+    fn set_state(&mut self, s: SlotState);
+    fn window(&self) -> (i64, i64);
+    fn key_id(&self) -> &str;
+}
+
+macro_rules! impl_slot {
+    ($t:ty) => {
+        impl Slot for $t {
+            fn state(&self) -> SlotState {
+                self.state
+            }
+            fn set_state(&mut self, s: SlotState) {
+                self.state = s;
+            }
+            fn window(&self) -> (i64, i64) {
+                (self.not_before, self.not_after)
+            }
+            fn key_id(&self) -> &str {
+                &self.key_id
+            }
+        }
+    };
+}
+impl_slot!(X509Slot);
+impl_slot!(JwtSlot);
+
+/// What one rotation step does to a slot list; `make` creates a new slot in a given state.
+/// Returns whether anything changed.
+fn rotate<S: Slot>(
+    slots: &mut Vec<S>,
+    now: i64,
+    keys: &dyn KeyManager,
+    mut make: impl FnMut(SlotState) -> Result<S, CaError>,
+) -> Result<bool, CaError> {
+    let mut changed = false;
+    // Expired authorities leave the bundle and their keys are destroyed.
+    let (expired, kept): (Vec<S>, Vec<S>) = slots.drain(..).partition(|s| s.window().1 <= now);
+    *slots = kept;
+    for s in expired {
+        keys.delete(s.key_id())?;
+        changed = true;
+    }
+    let active = slots.iter().position(|s| s.state() == SlotState::Active);
+    let prepared = slots.iter().position(|s| s.state() == SlotState::Prepared);
+    let Some(a) = active else {
+        // Nothing can sign: promote a prepared one, or make a new one active right away.
+        match prepared {
+            Some(p) => slots[p].set_state(SlotState::Active),
+            None => slots.push(make(SlotState::Active)?),
+        }
+        return Ok(true);
+    };
+    let (nb, na) = slots[a].window();
+    let life = (na - nb).max(1);
+    if prepared.is_none() && now >= nb + life / 2 {
+        slots.push(make(SlotState::Prepared)?);
+        changed = true;
+    }
+    if now >= nb + life * 5 / 6 {
+        if let Some(p) = slots.iter().position(|s| s.state() == SlotState::Prepared) {
+            slots[a].set_state(SlotState::Old);
+            slots[p].set_state(SlotState::Active);
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+impl CaManager {
+    /// Opens the manager from a persisted journal (or `None` on first start) and runs one
+    /// rotation step at `now`. Persist [`CaManager::journal`] afterwards.
+    pub fn open(
+        config: CaConfig,
+        keys: Arc<dyn KeyManager>,
+        upstream: Option<UpstreamAuthority>,
+        journal: Option<CaJournal>,
+        now: i64,
+    ) -> Result<Self, CaError> {
+        let mut journal = journal.unwrap_or_default();
+        // Make sure there is something active before building the signers.
+        let mut tmp = CaManagerParts {
+            config: &config,
+            keys: keys.as_ref(),
+            upstream: upstream.as_ref(),
+        };
+        tmp.step(&mut journal, now)?;
+        let (x509_active, jwt_active) = tmp.load_active(&journal)?;
+        Ok(CaManager {
+            config,
+            keys,
+            upstream,
+            journal,
+            x509_active,
+            jwt_active,
+        })
+    }
+
+    /// Runs one rotation step. Returns true when the journal (and so the bundle) changed; the
+    /// caller then persists the journal and publishes the new bundle.
+    pub fn tick(&mut self, now: i64) -> Result<bool, CaError> {
+        let mut journal = self.journal.clone();
+        let mut parts = CaManagerParts {
+            config: &self.config,
+            keys: self.keys.as_ref(),
+            upstream: self.upstream.as_ref(),
+        };
+        if !parts.step(&mut journal, now)? {
+            return Ok(false);
+        }
+        let (x, j) = parts.load_active(&journal)?;
+        self.journal = journal;
+        self.x509_active = x;
+        self.jwt_active = j;
+        Ok(true)
+    }
+
+    /// The journal, to persist.
+    pub fn journal(&self) -> &CaJournal {
+        &self.journal
+    }
+
+    /// The CA that signs X509-SVIDs now.
+    pub fn x509_authority(&self) -> Arc<X509Authority> {
+        self.x509_active.clone()
+    }
+
+    /// The key that signs JWT-SVIDs now.
+    pub fn jwt_signer(&self) -> Arc<JwtSigner> {
+        self.jwt_active.clone()
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.config.trust_domain
+    }
+
+    /// X.509 roots to publish: the upstream roots in upstream mode, else every CA in the
+    /// journal (prepared, active and old).
+    pub fn x509_roots(&self) -> Vec<Vec<u8>> {
+        match &self.upstream {
+            Some(u) => u.bundle().to_vec(),
+            None => self
+                .journal
+                .x509
+                .iter()
+                .map(|s| s.cert_der.clone())
+                .collect(),
+        }
+    }
+
+    /// JWT keys to publish (prepared, active and old).
+    pub fn jwt_authorities(&self) -> Vec<JwtAuthority> {
+        self.journal
+            .jwt
+            .iter()
+            .map(|s| JwtAuthority {
+                key_id: s.kid.clone(),
+                public_key: s.public_key.clone(),
+            })
+            .collect()
+    }
+
+    /// When the next rotation step is due (unix seconds): the earliest prepare, activate or
+    /// expiry point of any slot.
+    pub fn next_event(&self) -> i64 {
+        let mut t = i64::MAX;
+        let mut consider = |state: SlotState, nb: i64, na: i64, has_prepared: bool| {
+            let life = (na - nb).max(1);
+            t = t.min(na);
+            if state == SlotState::Active {
+                if !has_prepared {
+                    t = t.min(nb + life / 2);
+                }
+                t = t.min(nb + life * 5 / 6);
+            }
+        };
+        let xp = self
+            .journal
+            .x509
+            .iter()
+            .any(|s| s.state == SlotState::Prepared);
+        for s in &self.journal.x509 {
+            consider(s.state, s.not_before, s.not_after, xp);
+        }
+        let jp = self
+            .journal
+            .jwt
+            .iter()
+            .any(|s| s.state == SlotState::Prepared);
+        for s in &self.journal.jwt {
+            consider(s.state, s.not_before, s.not_after, jp);
+        }
+        t
+    }
+}
+
+struct CaManagerParts<'a> {
+    config: &'a CaConfig,
+    keys: &'a dyn KeyManager,
+    upstream: Option<&'a UpstreamAuthority>,
+}
+
+impl CaManagerParts<'_> {
+    fn step(&mut self, journal: &mut CaJournal, now: i64) -> Result<bool, CaError> {
+        let cfg = self.config;
+        let keys = self.keys;
+        let upstream = self.upstream;
+        let mut next_key = journal.next_key;
+        let x = rotate(&mut journal.x509, now, keys, |state| {
+            next_key += 1;
+            let key_id = format!("x509-ca-{next_key}");
+            let key = keys.generate(&key_id, cfg.key_type)?;
+            let (cert_der, upstream_chain) =
+                build_ca_cert(&cfg.trust_domain, &key, cfg.ca_ttl_secs, now, upstream)?;
+            let c = crate::x509::parse_cert(&cert_der)?;
+            let (nb, na) = (
+                c.validity().not_before.timestamp(),
+                c.validity().not_after.timestamp(),
+            );
+            Ok(X509Slot {
+                key_id,
+                state,
+                cert_der,
+                upstream_chain,
+                not_before: nb,
+                not_after: na,
+            })
+        })?;
+        let rng = SystemRandom::new();
+        let j = rotate(&mut journal.jwt, now, keys, |state| {
+            next_key += 1;
+            let key_id = format!("jwt-{next_key}");
+            let key = keys.generate(&key_id, cfg.key_type)?;
+            let mut kid = [0u8; 16];
+            rng.fill(&mut kid).map_err(|_| CaError::Signing)?;
+            let public_key = PublicJwk::from_ec_point(&key.public_point()?)?;
+            Ok(JwtSlot {
+                kid: hex::encode(kid),
+                key_id,
+                state,
+                public_key,
+                not_before: now,
+                not_after: now + cfg.jwt_key_ttl_secs,
+            })
+        })?;
+        journal.next_key = next_key;
+        Ok(x || j)
+    }
+
+    fn load_active(
+        &self,
+        journal: &CaJournal,
+    ) -> Result<(Arc<X509Authority>, Arc<JwtSigner>), CaError> {
+        let xs = journal
+            .x509
+            .iter()
+            .find(|s| s.state == SlotState::Active)
+            .ok_or_else(|| CaError::MissingKey("active x509 CA".into()))?;
+        let key = self
+            .keys
+            .get(&xs.key_id)?
+            .ok_or_else(|| CaError::MissingKey(xs.key_id.clone()))?;
+        let x = X509Authority::new(
+            self.config.trust_domain.clone(),
+            xs.cert_der.clone(),
+            &key,
+            xs.upstream_chain.clone(),
+        )?;
+        let js = journal
+            .jwt
+            .iter()
+            .find(|s| s.state == SlotState::Active)
+            .ok_or_else(|| CaError::MissingKey("active jwt key".into()))?;
+        let jkey = self
+            .keys
+            .get(&js.key_id)?
+            .ok_or_else(|| CaError::MissingKey(js.key_id.clone()))?;
+        let j = JwtSigner::new(js.kid.clone(), &jkey, self.config.jwt_issuer.clone())?;
+        Ok((Arc::new(x), Arc::new(j)))
+    }
+}
+
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod b64vec {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| STANDARD.encode(x)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        v.into_iter()
+            .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}

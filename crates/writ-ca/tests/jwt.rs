@@ -1,0 +1,187 @@
+//! JWT-SVID signing and validation per spiffe-requirements.md section 3.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use writ_ca::jwt::{validate, JwtError};
+use writ_ca::{JwtSigner, KeyType, PrivateKey};
+use writ_core::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+
+const NOW: i64 = 1_800_000_000;
+
+fn setup(kt: KeyType) -> (JwtSigner, Bundle, PrivateKey) {
+    let key = PrivateKey::generate(kt).unwrap();
+    let s = JwtSigner::new("kid-1".into(), &key, Some("https://issuer.example".into())).unwrap();
+    let mut b = Bundle::new(TrustDomain::new("example.org").unwrap());
+    b.jwt_authorities = vec![JwtAuthority {
+        key_id: "kid-1".into(),
+        public_key: s.public_jwk().clone(),
+    }];
+    (s, b, key)
+}
+
+fn id() -> SpiffeId {
+    SpiffeId::parse("spiffe://example.org/web").unwrap()
+}
+
+fn parts(token: &str) -> (Value, Value) {
+    let p: Vec<&str> = token.split('.').collect();
+    let d = |s: &str| serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(s).unwrap()).unwrap();
+    (d(p[0]), d(p[1]))
+}
+
+/// Re-signs arbitrary header and claims with `key` (for building bad tokens).
+fn forge(key: &PrivateKey, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let kp = key.ring_fixed_key_pair().unwrap();
+    let sig = kp
+        .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+        .unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+}
+
+#[test]
+fn signs_and_validates() {
+    for (kt, alg) in [(KeyType::EcP256, "ES256"), (KeyType::EcP384, "ES384")] {
+        let (s, b, _) = setup(kt);
+        let (token, exp) = s
+            .sign(&id(), &["db".into(), "cache".into()], 300, NOW)
+            .unwrap();
+        assert_eq!(exp, NOW + 300);
+        let (h, c) = parts(&token);
+        assert_eq!(h, json!({"alg": alg, "kid": "kid-1", "typ": "JWT"}));
+        assert_eq!(c["sub"], "spiffe://example.org/web");
+        assert_eq!(c["aud"], json!(["db", "cache"]));
+        assert_eq!(c["exp"], NOW + 300);
+        assert_eq!(c["iat"], NOW);
+        assert_eq!(c["iss"], "https://issuer.example");
+        let v = validate(&token, "cache", NOW + 1, |_| Some(b.clone())).unwrap();
+        assert_eq!(v.spiffe_id, id());
+        assert_eq!(v.claims["sub"], "spiffe://example.org/web");
+        // Single audience is a string.
+        let (t1, _) = s.sign(&id(), &["db".into()], 300, NOW).unwrap();
+        assert_eq!(parts(&t1).1["aud"], "db");
+        validate(&t1, "db", NOW, |_| Some(b.clone())).unwrap();
+    }
+}
+
+#[test]
+fn refuses_bad_tokens() {
+    let (s, b, key) = setup(KeyType::EcP256);
+    let bf = |_: &TrustDomain| Some(b.clone());
+    let (token, _) = s.sign(&id(), &["db".into()], 300, NOW).unwrap();
+    let (h, c) = parts(&token);
+
+    assert_eq!(
+        validate(&token, "other", NOW, bf),
+        Err(JwtError::WrongAudience("other".into()))
+    );
+    assert_eq!(
+        validate(&token, "db", NOW + 300, bf),
+        Err(JwtError::Expired(NOW + 300))
+    );
+    assert!(matches!(
+        validate(&token, "db", NOW, |_| None),
+        Err(JwtError::NoBundle(_))
+    ));
+
+    // Tampered claims: signature fails.
+    let p: Vec<&str> = token.split('.').collect();
+    let mut c2 = c.clone();
+    c2["sub"] = "spiffe://example.org/admin".into();
+    let tampered = format!(
+        "{}.{}.{}",
+        p[0],
+        URL_SAFE_NO_PAD.encode(c2.to_string()),
+        p[2]
+    );
+    assert_eq!(
+        validate(&tampered, "db", NOW, bf),
+        Err(JwtError::BadSignature)
+    );
+
+    // alg none and HS256, even unsigned.
+    for alg in ["none", "HS256", "HS512", "EdDSA"] {
+        let mut h2 = h.clone();
+        h2["alg"] = alg.into();
+        let t = format!("{}.{}.", URL_SAFE_NO_PAD.encode(h2.to_string()), p[1]);
+        assert_eq!(
+            validate(&t, "db", NOW, bf),
+            Err(JwtError::BadAlgorithm(alg.into()))
+        );
+    }
+    // Missing exp (validly signed).
+    let mut c3 = c.clone();
+    c3.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        validate(&forge(&key, &h, &c3), "db", NOW, bf),
+        Err(JwtError::MissingExp)
+    );
+    // Missing or empty aud.
+    let mut c4 = c.clone();
+    c4.as_object_mut().unwrap().remove("aud");
+    assert_eq!(
+        validate(&forge(&key, &h, &c4), "db", NOW, bf),
+        Err(JwtError::MissingAudience)
+    );
+    c4["aud"] = json!([]);
+    assert_eq!(
+        validate(&forge(&key, &h, &c4), "db", NOW, bf),
+        Err(JwtError::MissingAudience)
+    );
+    // Unknown kid, missing kid, extra header field.
+    let mut h5 = h.clone();
+    h5["kid"] = "nope".into();
+    assert_eq!(
+        validate(&forge(&key, &h5, &c), "db", NOW, bf),
+        Err(JwtError::UnknownKid("nope".into()))
+    );
+    h5.as_object_mut().unwrap().remove("kid");
+    assert_eq!(
+        validate(&forge(&key, &h5, &c), "db", NOW, bf),
+        Err(JwtError::MissingKid)
+    );
+    let mut h6 = h.clone();
+    h6["jku"] = "https://evil".into();
+    assert_eq!(
+        validate(&forge(&key, &h6, &c), "db", NOW, bf),
+        Err(JwtError::BadHeader("jku".into()))
+    );
+    // Bad subject.
+    let mut c7 = c.clone();
+    c7["sub"] = "spiffe://example.org/a/../b".into();
+    assert_eq!(
+        validate(&forge(&key, &h, &c7), "db", NOW, bf),
+        Err(JwtError::BadSubject)
+    );
+    // nbf in the future.
+    let mut c8 = c.clone();
+    c8["nbf"] = (NOW + 100).into();
+    assert_eq!(
+        validate(&forge(&key, &h, &c8), "db", NOW, bf),
+        Err(JwtError::NotYetValid(NOW + 100))
+    );
+    // Algorithm / key mismatch.
+    let mut h9 = h.clone();
+    h9["alg"] = "ES384".into();
+    assert!(matches!(
+        validate(&forge(&key, &h9, &c), "db", NOW, bf),
+        Err(JwtError::KeyMismatch(..))
+    ));
+    // Structural garbage.
+    for t in ["", "a", "a.b", "a.b.c.d", "!!.!!.!!", "e30.e30.e30"] {
+        assert!(validate(t, "db", NOW, bf).is_err(), "{t}");
+    }
+    assert_eq!(
+        validate(&"a".repeat(20_000), "db", NOW, bf),
+        Err(JwtError::TooLarge)
+    );
+    // Signing refuses empty audiences and zero TTL.
+    assert!(s.sign(&id(), &[], 300, NOW).is_err());
+    assert!(s.sign(&id(), &["a".into()], 0, NOW).is_err());
+}

@@ -1,0 +1,307 @@
+//! Registration entries: who may receive which SPIFFE ID, and the governance record kept with it.
+//!
+//! An entry says: a workload matching all of `selectors`, running under `parent_id` (an agent, a
+//! node alias, or another workload entry for nested issuance), receives `spiffe_id`. Node alias
+//! entries have the server's ID as parent and node selectors; any agent whose node selectors
+//! include them is also known by the alias `spiffe_id`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{IdError, SpiffeId, TrustDomain};
+use crate::selector::Selector;
+
+/// Longest `hint` accepted.
+pub const MAX_HINT_LEN: usize = 256;
+/// Longest `owner` / `purpose` accepted.
+pub const MAX_META_LEN: usize = 1024;
+/// Most selectors on one entry.
+pub const MAX_SELECTORS: usize = 64;
+/// Most DNS names on one entry.
+pub const MAX_DNS_NAMES: usize = 64;
+
+/// The server's own SPIFFE ID in a trust domain (`spiffe://<td>/writ/server`).
+pub fn server_id(td: &TrustDomain) -> SpiffeId {
+    // The path is a constant made only of allowed characters, so this cannot fail for a valid td.
+    #[allow(clippy::expect_used)]
+    td.id("/writ/server").expect("constant path is valid")
+}
+
+/// A registration entry, in the shape of contract.md's entry object (TTLs in seconds, times as
+/// unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Opaque unique ID (a UUID).
+    pub id: String,
+    /// The identity this entry grants.
+    pub spiffe_id: SpiffeId,
+    /// Who may receive it: an agent, a node alias, a workload entry, or the server (node alias).
+    pub parent_id: SpiffeId,
+    /// All of these must match the caller.
+    pub selectors: Vec<Selector>,
+    /// X509-SVID lifetime in seconds; 0 means the server default.
+    #[serde(default)]
+    pub x509_svid_ttl: u64,
+    /// JWT-SVID lifetime in seconds; 0 means the server default.
+    #[serde(default)]
+    pub jwt_svid_ttl: u64,
+    /// DNS SANs added to the X509-SVID.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// Workload API hint (tells a workload with several SVIDs which is which).
+    #[serde(default)]
+    pub hint: String,
+    /// May use the admin API.
+    #[serde(default)]
+    pub admin: bool,
+    /// A downstream (nested) server: may hold a CA signed by this one.
+    #[serde(default)]
+    pub downstream: bool,
+    /// Federated trust domains whose bundles the workload also receives.
+    #[serde(default)]
+    pub federates_with: Vec<TrustDomain>,
+    /// After this instant (unix seconds) the entry is not served.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Who owns the identity (team, person, ticket).
+    #[serde(default)]
+    pub owner: String,
+    /// Why the identity exists.
+    #[serde(default)]
+    pub purpose: String,
+    /// When the entry was created (unix seconds).
+    #[serde(default)]
+    pub created_at: i64,
+    /// The store revision of the entry's last change.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// Why an entry is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// A bad ID.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// The SPIFFE ID is not in the server's trust domain.
+    #[error("spiffe id `{id}` is not in trust domain `{td}`")]
+    ForeignId {
+        /// The offending ID.
+        id: String,
+        /// The server's trust domain.
+        td: String,
+    },
+    /// The entry's own ID has no path or is reserved for writ itself.
+    #[error("spiffe id `{0}` is reserved or has no path")]
+    ReservedId(String),
+    /// No selectors.
+    #[error("an entry needs at least one selector")]
+    NoSelectors,
+    /// Too many selectors or DNS names.
+    #[error("too many {what} ({n}, at most {max})")]
+    TooMany {
+        /// What there are too many of.
+        what: &'static str,
+        /// How many there are.
+        n: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A DNS name that is not a valid host name.
+    #[error("dns name `{0}` is invalid")]
+    BadDnsName(String),
+    /// A text field over its limit or with control characters.
+    #[error("{0} is too long or contains control characters")]
+    BadText(&'static str),
+    /// A TTL over ten years.
+    #[error("{0} ttl is too large")]
+    BadTtl(&'static str),
+    /// A federated trust domain equal to our own.
+    #[error("federates_with names the server's own trust domain `{0}`")]
+    SelfFederation(String),
+}
+
+const MAX_TTL: u64 = 10 * 365 * 86_400;
+
+impl Entry {
+    /// Whether this is a node alias entry (parented to the server).
+    pub fn is_node_alias(&self) -> bool {
+        self.parent_id.path() == "/writ/server"
+    }
+
+    /// Whether the entry has expired at `now` (unix seconds).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Checks every field against the rules of trust domain `td`. Called before anything is written.
+    pub fn validate(&self, td: &TrustDomain) -> Result<(), EntryError> {
+        for id in [&self.spiffe_id, &self.parent_id] {
+            if !id.is_member_of(td) {
+                return Err(EntryError::ForeignId {
+                    id: id.to_string(),
+                    td: td.to_string(),
+                });
+            }
+        }
+        let path = self.spiffe_id.path();
+        if path.is_empty() || path == "/writ/server" {
+            return Err(EntryError::ReservedId(self.spiffe_id.to_string()));
+        }
+        if self.selectors.is_empty() {
+            return Err(EntryError::NoSelectors);
+        }
+        check_count("selectors", self.selectors.len(), MAX_SELECTORS)?;
+        check_count("dns names", self.dns_names.len(), MAX_DNS_NAMES)?;
+        for name in &self.dns_names {
+            if !is_dns_name(name) {
+                return Err(EntryError::BadDnsName(name.clone()));
+            }
+        }
+        check_text("hint", &self.hint, MAX_HINT_LEN)?;
+        check_text("owner", &self.owner, MAX_META_LEN)?;
+        check_text("purpose", &self.purpose, MAX_META_LEN)?;
+        if self.x509_svid_ttl > MAX_TTL {
+            return Err(EntryError::BadTtl("x509"));
+        }
+        if self.jwt_svid_ttl > MAX_TTL {
+            return Err(EntryError::BadTtl("jwt"));
+        }
+        if let Some(f) = self.federates_with.iter().find(|f| *f == td) {
+            return Err(EntryError::SelfFederation(f.to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn check_count(what: &'static str, n: usize, max: usize) -> Result<(), EntryError> {
+    if n > max {
+        return Err(EntryError::TooMany { what, n, max });
+    }
+    Ok(())
+}
+
+fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), EntryError> {
+    if s.len() > max || s.chars().any(char::is_control) {
+        return Err(EntryError::BadText(what));
+    }
+    Ok(())
+}
+
+/// A host name per RFC 1123 (LDH labels of 1-63 bytes, at most 253 bytes), optionally with a
+/// leading `*.` wildcard label.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            id: "e1".into(),
+            spiffe_id: SpiffeId::parse("spiffe://example.org/web").unwrap(),
+            parent_id: SpiffeId::parse("spiffe://example.org/writ/agent/join_token/x").unwrap(),
+            selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec!["web.example.org".into()],
+            hint: String::new(),
+            admin: false,
+            downstream: false,
+            federates_with: vec![],
+            expires_at: Some(100),
+            owner: "team-a".into(),
+            purpose: "serves the web".into(),
+            created_at: 1,
+            revision: 3,
+        }
+    }
+
+    #[test]
+    fn validates() {
+        let td = TrustDomain::new("example.org").unwrap();
+        entry().validate(&td).unwrap();
+        let other = TrustDomain::new("other.org").unwrap();
+        assert!(matches!(
+            entry().validate(&other),
+            Err(EntryError::ForeignId { .. })
+        ));
+        let mut e = entry();
+        e.selectors.clear();
+        assert_eq!(e.validate(&td), Err(EntryError::NoSelectors));
+        let mut e = entry();
+        e.dns_names = vec!["bad_name".into()];
+        assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+        let mut e = entry();
+        e.spiffe_id = server_id(&td);
+        assert!(matches!(e.validate(&td), Err(EntryError::ReservedId(_))));
+        let mut e = entry();
+        e.federates_with = vec![td.clone()];
+        assert!(matches!(
+            e.validate(&td),
+            Err(EntryError::SelfFederation(_))
+        ));
+        let mut e = entry();
+        e.hint = "a\nb".into();
+        assert_eq!(e.validate(&td), Err(EntryError::BadText("hint")));
+    }
+
+    #[test]
+    fn expiry_and_alias() {
+        let e = entry();
+        assert!(!e.is_expired(99));
+        assert!(e.is_expired(100));
+        assert!(!e.is_node_alias());
+        let mut a = entry();
+        a.parent_id = server_id(&TrustDomain::new("example.org").unwrap());
+        assert!(a.is_node_alias());
+    }
+
+    #[test]
+    fn json_round_trip_has_contract_fields() {
+        let e = entry();
+        let v = serde_json::to_value(&e).unwrap();
+        for k in [
+            "id",
+            "spiffe_id",
+            "parent_id",
+            "selectors",
+            "x509_svid_ttl",
+            "jwt_svid_ttl",
+            "dns_names",
+            "hint",
+            "admin",
+            "downstream",
+            "federates_with",
+            "expires_at",
+            "owner",
+            "purpose",
+            "created_at",
+            "revision",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        let back: Entry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("a.b-c.example"));
+        assert!(is_dns_name("*.example.org"));
+        assert!(!is_dns_name("-a.example"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name(""));
+        assert!(!is_dns_name(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,458 @@
+//! The sled implementation of [`Store`].
+//!
+//! Trees: `entries` (id -> JSON), `idx_spiffe`, `idx_parent`, `idx_selector` (key `<value>\0<id>`,
+//! empty value), `revlog` (revision, big-endian u64 -> JSON [`Change`]), `meta` (`rev`, `ca`),
+//! `nodes`, `tokens`, `bundles`. SPIFFE IDs and selectors cannot contain NUL, so `\0` separates
+//! the indexed value from the entry ID and a prefix scan on `<value>\0` finds exactly the matches.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
+
+use crate::{Change, ChangeKind, Store, StoreError};
+
+const REV_KEY: &[u8] = b"rev";
+const CA_KEY: &[u8] = b"ca";
+
+/// The embedded sled datastore.
+pub struct SledStore {
+    db: sled::Db,
+    entries: Tree,
+    idx_spiffe: Tree,
+    idx_parent: Tree,
+    idx_selector: Tree,
+    revlog: Tree,
+    meta: Tree,
+    nodes: Tree,
+    tokens: Tree,
+    bundles: Tree,
+    /// Serialises entry writes (uniqueness check + revision numbering).
+    write_lock: Mutex<()>,
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn idx_key(value: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 1 + id.len());
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn idx_prefix(value: &str) -> Vec<u8> {
+    let mut k = value.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+type Tx = ConflictableTransactionError<StoreError>;
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Db(e.to_string()),
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the datastore in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir.as_ref())
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| {
+                StoreError::Db(format!("cannot open `{}`: {e}", dir.as_ref().display()))
+            })?;
+        let t = |n: &str| db.open_tree(n);
+        Ok(SledStore {
+            entries: t("entries")?,
+            idx_spiffe: t("idx_spiffe")?,
+            idx_parent: t("idx_parent")?,
+            idx_selector: t("idx_selector")?,
+            revlog: t("revlog")?,
+            meta: t("meta")?,
+            nodes: t("nodes")?,
+            tokens: t("tokens")?,
+            bundles: t("bundles")?,
+            db,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Makes everything written so far durable (fsync).
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded state is in sled, not behind the mutex, so a poisoned lock is still usable.
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ids_with_prefix(tree: &Tree, value: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = idx_prefix(value);
+        let mut out = Vec::new();
+        for kv in tree.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push(id.to_owned());
+        }
+        Ok(out)
+    }
+
+    fn entries_for_ids(&self, ids: Vec<String>) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = self.get_entry(&id)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `new` (and removes `old`'s index keys) with the next revision, atomically.
+    fn write_entry(
+        &self,
+        old: Option<&Entry>,
+        new: Entry,
+        kind: ChangeKind,
+    ) -> Result<Entry, StoreError> {
+        let now = writ_core::now_unix();
+        let trees = (
+            &self.entries,
+            &self.idx_spiffe,
+            &self.idx_parent,
+            &self.idx_selector,
+            &self.revlog,
+            &self.meta,
+        );
+        let result = trees
+            .transaction(|(entries, spiffe, parent, selector, revlog, meta)| {
+                let rev = next_revision(meta)?;
+                let mut new = new.clone();
+                new.revision = rev;
+                if let Some(o) = old {
+                    remove_index(o, spiffe, parent, selector)?;
+                }
+                if kind == ChangeKind::Deleted {
+                    entries.remove(new.id.as_bytes())?;
+                } else {
+                    entries.insert(new.id.as_bytes(), enc(&new).map_err(Tx::Abort)?)?;
+                    spiffe.insert(idx_key(new.spiffe_id.as_str(), &new.id), &[])?;
+                    parent.insert(idx_key(new.parent_id.as_str(), &new.id), &[])?;
+                    for s in &new.selectors {
+                        selector.insert(idx_key(&s.to_string(), &new.id), &[])?;
+                    }
+                }
+                let change = Change {
+                    revision: rev,
+                    kind,
+                    entry: new.clone(),
+                    at: now,
+                };
+                revlog.insert(&rev.to_be_bytes(), enc(&change).map_err(Tx::Abort)?)?;
+                Ok(new)
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok(result)
+    }
+}
+
+fn next_revision(meta: &TransactionalTree) -> Result<u64, Tx> {
+    let cur = match meta.get(REV_KEY)? {
+        Some(v) => {
+            let b: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| Tx::Abort(StoreError::Corrupt("revision counter".into())))?;
+            u64::from_be_bytes(b)
+        }
+        None => 0,
+    };
+    let next = cur + 1;
+    meta.insert(REV_KEY, &next.to_be_bytes())?;
+    Ok(next)
+}
+
+fn remove_index(
+    e: &Entry,
+    spiffe: &TransactionalTree,
+    parent: &TransactionalTree,
+    selector: &TransactionalTree,
+) -> Result<(), Tx> {
+    spiffe.remove(idx_key(e.spiffe_id.as_str(), &e.id))?;
+    parent.remove(idx_key(e.parent_id.as_str(), &e.id))?;
+    for s in &e.selectors {
+        selector.remove(idx_key(&s.to_string(), &e.id))?;
+    }
+    Ok(())
+}
+
+fn same_selectors(a: &[Selector], b: &[Selector]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    a.dedup();
+    b.sort();
+    b.dedup();
+    a == b
+}
+
+impl Store for SledStore {
+    fn create_entry(&self, mut entry: Entry) -> Result<Entry, StoreError> {
+        let _g = self.lock();
+        if entry.id.is_empty() {
+            entry.id = uuid::Uuid::new_v4().to_string();
+        }
+        if self.entries.contains_key(entry.id.as_bytes())? {
+            return Err(StoreError::AlreadyExists {
+                kind: "entry",
+                id: entry.id,
+            });
+        }
+        for e in self.entries_by_spiffe_id(&entry.spiffe_id)? {
+            if e.parent_id == entry.parent_id && same_selectors(&e.selectors, &entry.selectors) {
+                return Err(StoreError::AlreadyExists {
+                    kind: "entry",
+                    id: e.id,
+                });
+            }
+        }
+        if entry.created_at == 0 {
+            entry.created_at = writ_core::now_unix();
+        }
+        self.write_entry(None, entry, ChangeKind::Created)
+    }
+
+    fn update_entry(&self, mut entry: Entry) -> Result<Entry, StoreError> {
+        let _g = self.lock();
+        let old = self
+            .get_entry(&entry.id)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "entry",
+                id: entry.id.clone(),
+            })?;
+        for e in self.entries_by_spiffe_id(&entry.spiffe_id)? {
+            if e.id != entry.id
+                && e.parent_id == entry.parent_id
+                && same_selectors(&e.selectors, &entry.selectors)
+            {
+                return Err(StoreError::AlreadyExists {
+                    kind: "entry",
+                    id: e.id,
+                });
+            }
+        }
+        entry.created_at = old.created_at;
+        self.write_entry(Some(&old), entry, ChangeKind::Updated)
+    }
+
+    fn delete_entry(&self, id: &str) -> Result<Entry, StoreError> {
+        let _g = self.lock();
+        let old = self.get_entry(id)?.ok_or_else(|| StoreError::NotFound {
+            kind: "entry",
+            id: id.to_owned(),
+        })?;
+        self.write_entry(Some(&old), old.clone(), ChangeKind::Deleted)
+    }
+
+    fn get_entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        self.entries
+            .get(id.as_bytes())?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    fn list_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        self.entries.iter().values().map(|v| dec(&v?)).collect()
+    }
+
+    fn entries_by_spiffe_id(&self, id: &SpiffeId) -> Result<Vec<Entry>, StoreError> {
+        self.entries_for_ids(Self::ids_with_prefix(&self.idx_spiffe, id.as_str())?)
+    }
+
+    fn entries_by_parent(&self, parent: &SpiffeId) -> Result<Vec<Entry>, StoreError> {
+        self.entries_for_ids(Self::ids_with_prefix(&self.idx_parent, parent.as_str())?)
+    }
+
+    fn entries_by_selector(&self, selector: &Selector) -> Result<Vec<Entry>, StoreError> {
+        self.entries_for_ids(Self::ids_with_prefix(
+            &self.idx_selector,
+            &selector.to_string(),
+        )?)
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        match self.meta.get(REV_KEY)? {
+            Some(v) => {
+                Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt("revision counter".into())
+                })?))
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        if let Some(first) = self.revlog.first()? {
+            let oldest = u64::from_be_bytes(
+                first
+                    .0
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("revision key".into()))?,
+            );
+            // `after + 1` must still be in the log (or be in the future).
+            if after + 1 < oldest {
+                return Err(StoreError::RevisionCompacted {
+                    requested: after,
+                    oldest,
+                });
+            }
+        }
+        let start = after.saturating_add(1).to_be_bytes();
+        self.revlog
+            .range(start..)
+            .take(limit)
+            .map(|kv| dec(&kv?.1))
+            .collect()
+    }
+
+    fn compact_log(&self, upto: u64) -> Result<(), StoreError> {
+        let end = upto.saturating_add(1).to_be_bytes();
+        let keys: Vec<_> = self.revlog.range(..end).keys().collect::<Result<_, _>>()?;
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
+        }
+        self.revlog.apply_batch(batch)?;
+        self.flush()
+    }
+
+    fn put_node(&self, node: AttestedNode) -> Result<AttestedNode, StoreError> {
+        self.nodes
+            .insert(node.spiffe_id.as_str().as_bytes(), enc(&node)?)?;
+        self.flush()?;
+        Ok(node)
+    }
+
+    fn get_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, StoreError> {
+        self.nodes
+            .get(id.as_str().as_bytes())?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    fn list_nodes(&self) -> Result<Vec<AttestedNode>, StoreError> {
+        self.nodes.iter().values().map(|v| dec(&v?)).collect()
+    }
+
+    fn delete_node(&self, id: &SpiffeId) -> Result<AttestedNode, StoreError> {
+        let old =
+            self.nodes
+                .remove(id.as_str().as_bytes())?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "node",
+                    id: id.to_string(),
+                })?;
+        self.flush()?;
+        dec(&old)
+    }
+
+    fn create_join_token(&self, token: JoinToken) -> Result<(), StoreError> {
+        let prev = self.tokens.compare_and_swap(
+            token.token.as_bytes(),
+            None as Option<&[u8]>,
+            Some(enc(&token)?),
+        )?;
+        if prev.is_err() {
+            return Err(StoreError::AlreadyExists {
+                kind: "join token",
+                id: "(redacted)".into(),
+            });
+        }
+        self.flush()
+    }
+
+    fn consume_join_token(&self, token: &str, now: i64) -> Result<JoinToken, StoreError> {
+        // remove() is atomic: of two concurrent callers only one gets the value.
+        let v = self
+            .tokens
+            .remove(token.as_bytes())?
+            .ok_or(StoreError::TokenInvalid)?;
+        self.flush()?;
+        let t: JoinToken = dec(&v)?;
+        if t.expires_at <= now {
+            return Err(StoreError::TokenExpired);
+        }
+        Ok(t)
+    }
+
+    fn prune_join_tokens(&self, now: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.tokens.iter() {
+            let (k, v) = kv?;
+            let t: JoinToken = dec(&v)?;
+            if t.expires_at <= now {
+                self.tokens.remove(k)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn put_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
+        self.bundles
+            .insert(bundle.trust_domain.as_str().as_bytes(), enc(bundle)?)?;
+        self.flush()
+    }
+
+    fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, StoreError> {
+        self.bundles
+            .get(td.as_str().as_bytes())?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
+        self.bundles.iter().values().map(|v| dec(&v?)).collect()
+    }
+
+    fn delete_bundle(&self, td: &TrustDomain) -> Result<(), StoreError> {
+        self.bundles
+            .remove(td.as_str().as_bytes())?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "bundle",
+                id: td.to_string(),
+            })?;
+        self.flush()
+    }
+
+    fn put_ca_journal(&self, journal: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(CA_KEY, journal)?;
+        self.flush()
+    }
+
+    fn get_ca_journal(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(CA_KEY)?.map(|v| v.to_vec()))
+    }
+}

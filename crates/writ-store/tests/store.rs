@@ -1,0 +1,243 @@
+//! Behaviour of the sled store: entries and their indexes, the revision log, nodes, join tokens,
+//! bundles and the CA journal, each surviving a reopen.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
+use writ_store::{ChangeKind, SledStore, Store, StoreError};
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn entry(spiffe: &str, parent: &str, sels: &[&str]) -> Entry {
+    Entry {
+        id: String::new(),
+        spiffe_id: id(spiffe),
+        parent_id: id(parent),
+        selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        dns_names: vec![],
+        hint: String::new(),
+        admin: false,
+        downstream: false,
+        federates_with: vec![],
+        expires_at: None,
+        owner: "team".into(),
+        purpose: "test".into(),
+        created_at: 0,
+        revision: 0,
+    }
+}
+
+const AGENT: &str = "spiffe://td/writ/agent/join_token/a";
+
+#[test]
+fn entries_crud_indexes_and_revision_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.revision().unwrap(), 0);
+    let a = s
+        .create_entry(entry("spiffe://td/a", AGENT, &["unix:uid:1", "unix:gid:2"]))
+        .unwrap();
+    let b = s
+        .create_entry(entry("spiffe://td/b", AGENT, &["unix:uid:1"]))
+        .unwrap();
+    let c = s
+        .create_entry(entry("spiffe://td/c", "spiffe://td/other", &["unix:uid:3"]))
+        .unwrap();
+    assert_eq!((a.revision, b.revision, c.revision), (1, 2, 3));
+    assert!(!a.id.is_empty() && a.id != b.id);
+    assert!(a.created_at > 0);
+
+    // Duplicate (same id, parent and selectors in any order) is refused and changes nothing.
+    let dup = s.create_entry(entry("spiffe://td/a", AGENT, &["unix:gid:2", "unix:uid:1"]));
+    assert!(matches!(dup, Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(s.revision().unwrap(), 3);
+
+    let names = |v: Vec<Entry>| {
+        let mut n: Vec<String> = v.into_iter().map(|e| e.spiffe_id.to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(s.entries_by_parent(&id(AGENT)).unwrap()),
+        ["spiffe://td/a", "spiffe://td/b"]
+    );
+    assert_eq!(
+        names(
+            s.entries_by_selector(&Selector::parse("unix:uid:1").unwrap())
+                .unwrap()
+        ),
+        ["spiffe://td/a", "spiffe://td/b"]
+    );
+    assert_eq!(
+        names(s.entries_by_spiffe_id(&id("spiffe://td/c")).unwrap()),
+        ["spiffe://td/c"]
+    );
+    // A prefix of an indexed value does not match.
+    assert!(s
+        .entries_by_parent(&id("spiffe://td/writ/agent/join_token"))
+        .unwrap()
+        .is_empty());
+
+    // Update moves index keys.
+    let mut a2 = a.clone();
+    a2.parent_id = id("spiffe://td/other");
+    a2.selectors = vec![Selector::parse("unix:uid:9").unwrap()];
+    a2.created_at = 12345; // ignored: created_at is kept
+    let a2 = s.update_entry(a2).unwrap();
+    assert_eq!(a2.revision, 4);
+    assert_eq!(a2.created_at, a.created_at);
+    assert_eq!(
+        names(s.entries_by_parent(&id(AGENT)).unwrap()),
+        ["spiffe://td/b"]
+    );
+    assert!(s
+        .entries_by_selector(&Selector::parse("unix:gid:2").unwrap())
+        .unwrap()
+        .is_empty());
+
+    let gone = s.delete_entry(&b.id).unwrap();
+    assert_eq!(gone.spiffe_id, b.spiffe_id);
+    assert!(s.get_entry(&b.id).unwrap().is_none());
+    assert!(matches!(
+        s.delete_entry(&b.id),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.update_entry(b.clone()),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // The log reads from any revision.
+    let log = s.changes_since(0, 100).unwrap();
+    let kinds: Vec<_> = log.iter().map(|c| (c.revision, c.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, ChangeKind::Created),
+            (2, ChangeKind::Created),
+            (3, ChangeKind::Created),
+            (4, ChangeKind::Updated),
+            (5, ChangeKind::Deleted)
+        ]
+    );
+    assert_eq!(s.changes_since(3, 100).unwrap().len(), 2);
+    assert_eq!(s.changes_since(3, 1).unwrap().len(), 1);
+    assert!(s.changes_since(5, 100).unwrap().is_empty());
+
+    // Compaction: old revisions are gone and asking for them says so.
+    s.compact_log(2).unwrap();
+    assert!(matches!(
+        s.changes_since(0, 10),
+        Err(StoreError::RevisionCompacted { oldest: 3, .. })
+    ));
+    assert_eq!(s.changes_since(2, 10).unwrap().len(), 3);
+    drop(s);
+
+    // Everything survives a reopen.
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.revision().unwrap(), 5);
+    assert_eq!(s.list_entries().unwrap().len(), 2);
+    assert_eq!(
+        s.get_entry(&a.id).unwrap().unwrap().parent_id,
+        id("spiffe://td/other")
+    );
+    let e = s
+        .create_entry(entry("spiffe://td/d", AGENT, &["unix:uid:4"]))
+        .unwrap();
+    assert_eq!(e.revision, 6);
+}
+
+#[test]
+fn join_tokens_are_single_use_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    s.create_join_token(JoinToken {
+        token: "t1".into(),
+        spiffe_id: Some(id("spiffe://td/node/1")),
+        expires_at: 100,
+    })
+    .unwrap();
+    s.create_join_token(JoinToken {
+        token: "t2".into(),
+        spiffe_id: None,
+        expires_at: 50,
+    })
+    .unwrap();
+    assert!(s
+        .create_join_token(JoinToken {
+            token: "t1".into(),
+            spiffe_id: None,
+            expires_at: 100
+        })
+        .is_err());
+    let t = s.consume_join_token("t1", 10).unwrap();
+    assert_eq!(t.spiffe_id, Some(id("spiffe://td/node/1")));
+    assert!(matches!(
+        s.consume_join_token("t1", 10),
+        Err(StoreError::TokenInvalid)
+    ));
+    assert!(matches!(
+        s.consume_join_token("nope", 10),
+        Err(StoreError::TokenInvalid)
+    ));
+    assert!(matches!(
+        s.consume_join_token("t2", 50),
+        Err(StoreError::TokenExpired)
+    ));
+    // An expired token is used up too.
+    assert!(matches!(
+        s.consume_join_token("t2", 0),
+        Err(StoreError::TokenInvalid)
+    ));
+    s.create_join_token(JoinToken {
+        token: "t3".into(),
+        spiffe_id: None,
+        expires_at: 5,
+    })
+    .unwrap();
+    assert_eq!(s.prune_join_tokens(10).unwrap(), 1);
+}
+
+#[test]
+fn nodes_bundles_and_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let n = AttestedNode {
+        spiffe_id: id(AGENT),
+        attestor: "join_token".into(),
+        selectors: vec![],
+        cert_serial: "ab".into(),
+        cert_not_after: 99,
+        prev_cert_serial: String::new(),
+        banned: false,
+        created_at: 1,
+        revision: 0,
+    };
+    s.put_node(n.clone()).unwrap();
+    assert_eq!(s.get_node(&id(AGENT)).unwrap(), Some(n.clone()));
+    assert_eq!(s.list_nodes().unwrap().len(), 1);
+    s.delete_node(&id(AGENT)).unwrap();
+    assert!(s.get_node(&id(AGENT)).unwrap().is_none());
+    assert!(matches!(
+        s.delete_node(&id(AGENT)),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let td = TrustDomain::new("other.org").unwrap();
+    let mut b = Bundle::new(td.clone());
+    b.sequence = 4;
+    s.put_bundle(&b).unwrap();
+    assert_eq!(s.get_bundle(&td).unwrap(), Some(b));
+    assert_eq!(s.list_bundles().unwrap().len(), 1);
+    s.delete_bundle(&td).unwrap();
+    assert!(s.delete_bundle(&td).is_err());
+
+    assert!(s.get_ca_journal().unwrap().is_none());
+    s.put_ca_journal(b"{\"x509\":[]}").unwrap();
+    drop(s);
+    let s = SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.get_ca_journal().unwrap().unwrap(), b"{\"x509\":[]}");
+}
