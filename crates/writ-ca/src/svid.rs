@@ -103,7 +103,7 @@ pub fn check_leaf(der: &[u8]) -> Result<SpiffeId, SvidError> {
                 }
             }
             ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(SvidError::LeafIsCa),
-            ParsedExtension::KeyUsage(ku) => key_usage = Some((ext.critical, ku.clone())),
+            ParsedExtension::KeyUsage(ku) => key_usage = Some((ext.critical, *ku)),
             _ => {}
         }
     }

@@ -426,7 +426,7 @@ fn spki_key_bytes(spki_der: &[u8]) -> Result<Vec<u8>, CaError> {
 
 pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, c)) if rest.is_empty() => Ok(c),
+        Ok(([], c)) => Ok(c),
         Ok(_) => Err(CaError::BadCertificate("trailing bytes".into())),
         Err(e) => Err(CaError::BadCertificate(e.to_string())),
     }

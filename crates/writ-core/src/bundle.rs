@@ -403,7 +403,7 @@ impl Bundle {
 
 fn check_cert(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, BundleError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(BundleError::BadCertificate {
             index,
             reason: "trailing bytes".into(),

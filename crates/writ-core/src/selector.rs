@@ -122,6 +122,7 @@ pub fn is_subset(required: &[Selector], have: &[Selector]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::cloned_ref_to_slice_refs)]
 mod tests {
     use super::*;
 

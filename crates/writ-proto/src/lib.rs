@@ -1,1 +1,22 @@
-//! placeholder
+//! writ-proto: Rust types and gRPC stubs generated from `proto/` at build time by protox (a
+//! pure-Rust protobuf compiler) and tonic-prost-build, so building needs no system `protoc`.
+//!
+//! - [`workload`]: the standard SPIFFE Workload API (no proto package; gRPC paths are
+//!   `/SpiffeWorkloadAPI/<Method>`), exactly as published, never extended.
+//! - [`v1`]: writ's own agent <-> server (`writ.v1.Node`) and operator (`writ.v1.Admin`)
+//!   protocols. A breaking change gets a new package version (`writ.v2`).
+
+/// The SPIFFE Workload API.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// writ's agent and admin protocols, version 1.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/writ.v1.rs"));
+}
+
+/// The metadata key every Workload API request must carry, with value `true`.
+pub const WORKLOAD_HEADER: &str = "workload.spiffe.io";

@@ -1,6 +1,6 @@
 //! Behaviour of the sled store: entries and their indexes, the revision log, nodes, join tokens,
 //! bundles and the CA journal, each surviving a reopen.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cloned_ref_to_slice_refs)]
 
 use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
 use writ_store::{ChangeKind, SledStore, Store, StoreError};

@@ -1,0 +1,417 @@
+//! The command tree of contract.md, as clap types. Values from the command line are parsed into
+//! writ-core's types here, so a malformed SPIFFE ID, selector or duration is a usage error
+//! (exit 2) that names the problem, before anything is sent anywhere.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use writ_core::{Selector, SpiffeId, TrustDomain};
+
+/// writ: workload identity issuer (SPIFFE).
+#[derive(Debug, Parser)]
+#[command(name = "writ", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Output format: human-readable text, or one JSON value on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub(crate) output: Output,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Text for people.
+    Human,
+    /// One JSON value on stdout.
+    Json,
+}
+
+/// Log formats of the long-running commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Text for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+// Parsed once per process; boxing the large variants would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// The issuing server.
+    #[command(subcommand)]
+    Server(ServerCmd),
+    /// The node agent (serves the Workload API).
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Embedded server and agent in one process, for trying writ out.
+    Dev {
+        /// Directory for data and sockets.
+        #[arg(long, default_value = ".writ-dev")]
+        dir: PathBuf,
+    },
+    /// Join tokens for agent attestation.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Registration entries.
+    #[command(subcommand)]
+    Entry(EntryCmd),
+    /// Attested nodes (agents).
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Trust bundles.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// X509-SVIDs minted directly by the server.
+    #[command(subcommand)]
+    X509(X509Cmd),
+    /// JWT-SVIDs.
+    #[command(subcommand)]
+    Jwt(JwtCmd),
+    /// X509-SVIDs from the Workload API.
+    #[command(subcommand)]
+    Svid(SvidCmd),
+    /// Sidecar that keeps SVID files fresh.
+    Helper {
+        /// Helper config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCmd {
+    /// Runs the server.
+    Run {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
+    /// Exits 0 when the server answers on its admin socket.
+    Healthcheck(AdminSocket),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentCmd {
+    /// Runs the agent.
+    Run {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Join token for first attestation.
+        #[arg(long)]
+        join_token: Option<String>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
+    /// Exits 0 when the agent answers on its admin socket.
+    Healthcheck(AdminSocket),
+}
+
+/// Where the server's (or agent's) admin socket is.
+#[derive(Debug, Args)]
+pub(crate) struct AdminSocket {
+    /// Admin socket path.
+    #[arg(
+        long,
+        env = "WRIT_SERVER_SOCKET",
+        default_value = "/run/writ/server/admin.sock"
+    )]
+    pub(crate) socket: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCmd {
+    /// Generates a single-use join token.
+    Generate {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Node alias the attesting agent is also known by.
+        #[arg(long, value_parser = parse_id)]
+        spiffe_id: Option<SpiffeId>,
+        /// Lifetime.
+        #[arg(long, value_parser = parse_ttl, default_value = "10m")]
+        ttl: Duration,
+    },
+}
+
+/// Fields shared by `entry create` and `entry update`.
+#[derive(Debug, Args)]
+pub(crate) struct EntryFields {
+    /// The SPIFFE ID to grant.
+    #[arg(long, value_parser = parse_workload_id)]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// Parent: an agent, node alias or workload ID.
+    #[arg(long, value_parser = parse_id, conflicts_with = "node")]
+    pub(crate) parent_id: Option<SpiffeId>,
+    /// Make a node alias entry (parent is the server; selectors are node selectors).
+    #[arg(long)]
+    pub(crate) node: bool,
+    /// Selector `type:value`; repeat for several (all must match).
+    #[arg(long = "selector", value_parser = parse_selector)]
+    pub(crate) selectors: Vec<Selector>,
+    /// X509-SVID lifetime.
+    #[arg(long, value_parser = parse_ttl)]
+    pub(crate) x509_ttl: Option<Duration>,
+    /// JWT-SVID lifetime.
+    #[arg(long, value_parser = parse_ttl)]
+    pub(crate) jwt_ttl: Option<Duration>,
+    /// DNS SAN; repeat for several.
+    #[arg(long = "dns")]
+    pub(crate) dns_names: Vec<String>,
+    /// Workload API hint.
+    #[arg(long)]
+    pub(crate) hint: Option<String>,
+    /// May use the admin API.
+    #[arg(long)]
+    pub(crate) admin: bool,
+    /// A downstream server.
+    #[arg(long)]
+    pub(crate) downstream: bool,
+    /// Federated trust domain; repeat for several.
+    #[arg(long = "federates-with", value_parser = parse_td)]
+    pub(crate) federates_with: Vec<TrustDomain>,
+    /// Expiry (RFC 3339); the entry is not served after it.
+    #[arg(long)]
+    pub(crate) expires_at: Option<String>,
+    /// Owner (team, person).
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
+    /// Purpose.
+    #[arg(long)]
+    pub(crate) purpose: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EntryCmd {
+    /// Creates an entry.
+    Create {
+        #[command(flatten)]
+        socket: AdminSocket,
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// Shows one entry.
+    Show {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Entry ID.
+        id: String,
+    },
+    /// Lists entries.
+    List {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Only entries granting this ID.
+        #[arg(long, value_parser = parse_id)]
+        spiffe_id: Option<SpiffeId>,
+        /// Only entries with this parent.
+        #[arg(long, value_parser = parse_id)]
+        parent_id: Option<SpiffeId>,
+        /// Only entries with this selector.
+        #[arg(long, value_parser = parse_selector)]
+        selector: Option<Selector>,
+    },
+    /// Updates an entry (given fields replace the old values).
+    Update {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Entry ID.
+        id: String,
+        #[command(flatten)]
+        fields: EntryFields,
+    },
+    /// Deletes entries.
+    Delete {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Entry IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCmd {
+    /// Lists attested nodes.
+    List(AdminSocket),
+    /// Shows one node.
+    Show {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Agent SPIFFE ID.
+        #[arg(value_parser = parse_id)]
+        id: SpiffeId,
+    },
+    /// Evicts a node: it must attest again.
+    Evict {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Agent SPIFFE ID.
+        #[arg(value_parser = parse_id)]
+        id: SpiffeId,
+    },
+    /// Bans a node: every call is refused and it cannot attest again.
+    Ban {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Agent SPIFFE ID.
+        #[arg(value_parser = parse_id)]
+        id: SpiffeId,
+    },
+}
+
+/// Bundle output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BundleFormat {
+    /// Concatenated PEM CA certificates.
+    Pem,
+    /// SPIFFE bundle JSON (JWK Set).
+    Jwks,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BundleCmd {
+    /// Shows the server's own bundle.
+    Show {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Format.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+    },
+    /// Lists federated bundles.
+    List(AdminSocket),
+    /// Sets a federated bundle from a file (SPIFFE bundle JSON or PEM).
+    Set {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Trust domain of the bundle.
+        #[arg(long, value_parser = parse_td)]
+        trust_domain: TrustDomain,
+        /// File to read.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Deletes a federated bundle.
+    Delete {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Trust domain.
+        #[arg(value_parser = parse_td)]
+        trust_domain: TrustDomain,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum X509Cmd {
+    /// Mints an X509-SVID directly from the server.
+    Mint {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Identity.
+        #[arg(long, value_parser = parse_workload_id)]
+        spiffe_id: SpiffeId,
+        /// Lifetime.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Write svid.pem, svid.key and bundle.pem here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Where the Workload API is.
+#[derive(Debug, Args)]
+pub(crate) struct WorkloadSocket {
+    /// Workload API address (`unix:///path`).
+    #[arg(long = "socket", env = "SPIFFE_ENDPOINT_SOCKET")]
+    pub(crate) socket: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JwtCmd {
+    /// Mints a JWT-SVID directly from the server.
+    Mint {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Identity.
+        #[arg(long, value_parser = parse_workload_id)]
+        spiffe_id: SpiffeId,
+        /// Audience; repeat for several.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Lifetime.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Fetches JWT-SVIDs from the Workload API.
+    Fetch {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Audience; repeat for several.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Only this identity.
+        #[arg(long, value_parser = parse_workload_id)]
+        spiffe_id: Option<SpiffeId>,
+    },
+    /// Validates a JWT-SVID through the Workload API.
+    Validate {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Audience the token must be for.
+        #[arg(long)]
+        audience: String,
+        /// The token.
+        token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SvidCmd {
+    /// Fetches X509-SVIDs once.
+    Fetch {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Write svid.pem, svid.key, bundle.pem (and federated/<td>.pem) here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Prints every update of the X.509 stream.
+    Watch {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+    },
+}
+
+fn parse_id(s: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_workload_id(s: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse_workload(s).map_err(|e| e.to_string())
+}
+
+fn parse_td(s: &str) -> Result<TrustDomain, String> {
+    TrustDomain::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_selector(s: &str) -> Result<Selector, String> {
+    Selector::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = writ_core::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("ttl must be greater than zero".into());
+    }
+    Ok(d)
+}
