@@ -156,6 +156,25 @@ impl PrivateKey {
         .map_err(|e| CaError::BadPrivateKey(e.to_string()))
     }
 
+    /// Signs `msg` with ECDSA (ASN.1 DER signature, the hash of the key's curve).
+    pub fn sign_asn1(&self, msg: &[u8]) -> Result<Vec<u8>, CaError> {
+        let rng = SystemRandom::new();
+        let kp = EcdsaKeyPair::from_pkcs8(self.key_type.ring_asn1(), &self.pkcs8, &rng)
+            .map_err(|e| CaError::BadPrivateKey(e.to_string()))?;
+        Ok(kp
+            .sign(&rng, msg)
+            .map_err(|_| CaError::Signing)?
+            .as_ref()
+            .to_vec())
+    }
+
+    /// A PKCS#10 CSR for this key (no names: the server decides the identity).
+    pub fn csr_der(&self) -> Result<Vec<u8>, CaError> {
+        let kp = self.rcgen_key_pair()?;
+        let csr = rcgen::CertificateParams::default().serialize_request(&kp)?;
+        Ok(csr.der().to_vec())
+    }
+
     /// The uncompressed public point.
     pub fn public_point(&self) -> Result<Vec<u8>, CaError> {
         Ok(self.ring_fixed_key_pair()?.public_key().as_ref().to_vec())

@@ -1,6 +1,11 @@
 //! CA and JWT key rotation through the journal: prepare at 1/2, activate at 5/6, publish before
 //! signing, drop after expiry, and resume from a persisted journal.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cloned_ref_to_slice_refs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cloned_ref_to_slice_refs
+)]
 
 use std::sync::Arc;
 

@@ -1,6 +1,11 @@
 //! X509-SVID minting checked line by line against spiffe-requirements.md section 2, with
 //! rustls-webpki and (when installed) `openssl verify` as independent verifiers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cloned_ref_to_slice_refs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cloned_ref_to_slice_refs
+)]
 
 use std::time::Duration;
 

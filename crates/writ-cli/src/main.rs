@@ -1,48 +1,103 @@
 //! The `writ` binary: parses the command line and dispatches into the library crates.
 //!
 //! Exit codes (contract.md): 0 success; 1 the operation failed (one line on stderr); 2 usage error
-//! (clap's own exit code for bad flags and values).
+//! (clap's own exit code for bad flags and values, and input the server refused as invalid).
 
+mod admin;
 mod args;
+mod files;
+mod output;
+mod server;
+mod signals;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{AgentCmd, Cli, Command, JwtCmd, LogFormat, ServerCmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("writ: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("writ: {e}");
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// Errors that end a command with exit code 1.
+/// Errors that end a command.
 #[derive(Debug, thiserror::Error)]
-enum CliError {
+pub(crate) enum CliError {
     /// The command belongs to a part of writ that is not built yet.
     #[error("`{0}` is not implemented yet")]
     NotImplemented(&'static str),
+    /// The operation failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// The input was refused (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
-fn run(cli: Cli) -> Result<(), CliError> {
-    let name = match cli.command {
-        Command::Server(_) => "server",
-        Command::Agent(_) => "agent",
-        Command::Dev { .. } => "dev",
-        Command::Token(_) => "token",
-        Command::Entry(_) => "entry",
-        Command::Node(_) => "node",
-        Command::Bundle(_) => "bundle",
-        Command::X509(_) => "x509",
-        Command::Jwt(_) => "jwt",
-        Command::Svid(_) => "svid",
-        Command::Helper { .. } => "helper",
-    };
-    Err(CliError::NotImplemented(name))
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WRIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let out = cli.output;
+    match cli.command {
+        Command::Server(ServerCmd::Run { config, log_format }) => {
+            init_logging(log_format);
+            server::run(&config).await
+        }
+        Command::Server(ServerCmd::Healthcheck(s)) => admin::healthcheck(&s.socket).await,
+        Command::Agent(AgentCmd::Run { .. }) | Command::Agent(AgentCmd::Healthcheck(_)) => {
+            Err(CliError::NotImplemented("agent"))
+        }
+        Command::Dev { .. } => Err(CliError::NotImplemented("dev")),
+        Command::Token(c) => admin::token(c, out).await,
+        Command::Entry(c) => admin::entry(c, out).await,
+        Command::Node(c) => admin::node(c, out).await,
+        Command::Bundle(c) => admin::bundle(c, out).await,
+        Command::X509(c) => admin::x509(c, out).await,
+        Command::Jwt(JwtCmd::Mint {
+            socket,
+            spiffe_id,
+            audience,
+            ttl,
+        }) => admin::jwt_mint(&socket.socket, &spiffe_id, audience, ttl, out).await,
+        Command::Jwt(_) => Err(CliError::NotImplemented("jwt fetch/validate")),
+        Command::Svid(_) => Err(CliError::NotImplemented("svid")),
+        Command::Helper { .. } => Err(CliError::NotImplemented("helper")),
+    }
 }

@@ -22,6 +22,9 @@ pub struct AttestedNode {
     /// Serial of the previous SVID, still accepted until the agent first uses the new one.
     #[serde(default)]
     pub prev_cert_serial: String,
+    /// Other IDs the agent is known by (the join token's `spiffe_id`), usable as entry parents.
+    #[serde(default)]
+    pub aliases: Vec<SpiffeId>,
     /// Banned: every call is refused and the node cannot re-attest.
     #[serde(default)]
     pub banned: bool,

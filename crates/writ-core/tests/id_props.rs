@@ -1,6 +1,11 @@
 //! Property tests for SPIFFE ID parsing: valid IDs round-trip unchanged; any string either parses
 //! to itself or is refused (never normalised); parsing never panics.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cloned_ref_to_slice_refs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cloned_ref_to_slice_refs
+)]
 
 use proptest::prelude::*;
 use writ_core::{Selector, SpiffeId};

@@ -20,3 +20,10 @@ pub mod v1 {
 
 /// The metadata key every Workload API request must carry, with value `true`.
 pub const WORKLOAD_HEADER: &str = "workload.spiffe.io";
+
+/// What an agent signs to answer an x509pop challenge: this context string, then the server's
+/// nonce. The context keeps the signature from being usable for anything else.
+pub const X509POP_CONTEXT: &[u8] = b"writ x509pop challenge v1\0";
+
+/// Length of the x509pop challenge nonce.
+pub const X509POP_NONCE_LEN: usize = 32;

@@ -4,7 +4,12 @@
 //!
 //! The child is this same test binary re-executed with `WRIT_CRASH_CHILD_DIR` set, running only
 //! the `crash_child` test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cloned_ref_to_slice_refs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cloned_ref_to_slice_refs
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

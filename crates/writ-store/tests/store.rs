@@ -1,6 +1,11 @@
 //! Behaviour of the sled store: entries and their indexes, the revision log, nodes, join tokens,
 //! bundles and the CA journal, each surviving a reopen.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::cloned_ref_to_slice_refs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cloned_ref_to_slice_refs
+)]
 
 use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
 use writ_store::{ChangeKind, SledStore, Store, StoreError};
@@ -212,6 +217,7 @@ fn nodes_bundles_and_journal() {
         cert_serial: "ab".into(),
         cert_not_after: 99,
         prev_cert_serial: String::new(),
+        aliases: vec![],
         banned: false,
         created_at: 1,
         revision: 0,

@@ -1,0 +1,136 @@
+//! Prometheus metrics and the `/live`, `/ready`, `/metrics` HTTP endpoint.
+//!
+//! Counters are plain atomics rendered in the Prometheus text format; the endpoint is a minimal
+//! HTTP/1.1 responder (GET only, one request per connection, 4 KiB request limit), enough for
+//! probes and scrapers without pulling in an HTTP framework.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The server's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Successful attestations.
+    pub attest_ok: AtomicU64,
+    /// Refused or failed attestations.
+    pub attest_failed: AtomicU64,
+    /// Attestations refused by the rate limiter.
+    pub attest_rate_limited: AtomicU64,
+    /// X509-SVIDs signed (workloads, agents, server).
+    pub x509_signed: AtomicU64,
+    /// JWT-SVIDs signed.
+    pub jwt_signed: AtomicU64,
+    /// Requests refused as InvalidArgument (bad input).
+    pub invalid_argument: AtomicU64,
+    /// Requests refused as PermissionDenied.
+    pub permission_denied: AtomicU64,
+    /// Entry sync streams open now.
+    pub sync_streams: AtomicI64,
+    /// Entries in the registry.
+    pub entries: AtomicI64,
+    /// CA rotations performed.
+    pub ca_rotations: AtomicU64,
+    /// Set once both listeners accept connections.
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    /// Counts a refused request by its status code.
+    pub fn count_status(&self, s: &tonic::Status) {
+        match s.code() {
+            tonic::Code::InvalidArgument => self.invalid_argument.fetch_add(1, Ordering::Relaxed),
+            tonic::Code::PermissionDenied => self.permission_denied.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        format!(
+            "# TYPE writ_attestations_total counter\n\
+             writ_attestations_total{{result=\"ok\"}} {}\n\
+             writ_attestations_total{{result=\"failed\"}} {}\n\
+             writ_attestations_total{{result=\"rate_limited\"}} {}\n\
+             # TYPE writ_x509_svids_signed_total counter\n\
+             writ_x509_svids_signed_total {}\n\
+             # TYPE writ_jwt_svids_signed_total counter\n\
+             writ_jwt_svids_signed_total {}\n\
+             # TYPE writ_requests_refused_total counter\n\
+             writ_requests_refused_total{{code=\"invalid_argument\"}} {}\n\
+             writ_requests_refused_total{{code=\"permission_denied\"}} {}\n\
+             # TYPE writ_sync_streams gauge\n\
+             writ_sync_streams {}\n\
+             # TYPE writ_entries gauge\n\
+             writ_entries {}\n\
+             # TYPE writ_ca_rotations_total counter\n\
+             writ_ca_rotations_total {}\n",
+            c(&self.attest_ok),
+            c(&self.attest_failed),
+            c(&self.attest_rate_limited),
+            c(&self.x509_signed),
+            c(&self.jwt_signed),
+            c(&self.invalid_argument),
+            c(&self.permission_denied),
+            g(&self.sync_streams),
+            g(&self.entries),
+            c(&self.ca_rotations),
+        )
+    }
+}
+
+/// Serves `/live`, `/ready` and `/metrics` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics and health endpoint listening");
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read until the end of the request head or the buffer is full.
+            while n < buf.len() {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sock.read(&mut buf[n..]),
+                )
+                .await
+                {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => {
+                        n += k;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("GET "))
+                .and_then(|l| l.split(' ').next())
+                .unwrap_or("");
+            let (status, body) = match path {
+                "/live" => ("200 OK", "ok\n".to_owned()),
+                "/ready" if m.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
+                "/ready" => ("503 Service Unavailable", "not ready\n".to_owned()),
+                "/metrics" => ("200 OK", m.render()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}

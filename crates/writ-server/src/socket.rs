@@ -1,0 +1,141 @@
+//! Private Unix sockets (the admin API): the directory is 0700 and ours, the socket 0600, and a
+//! symlink, a group/world-writable directory or a live socket of another process is refused.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::net::UnixListener;
+
+/// Why a private socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The path or its directory is unsafe.
+    #[error("refusing socket `{path}`: {reason}")]
+    Unsafe {
+        /// The socket path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another process is serving on it.
+    #[error("socket `{0}` is in use by another process")]
+    InUse(String),
+    /// Filesystem failure.
+    #[error("socket `{path}`: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Creates (or checks) the directory of `path` and binds a private socket there.
+pub fn bind_private(path: &Path) -> Result<UnixListener, SocketError> {
+    let p = path.display().to_string();
+    let unsafe_ = |reason: &str| SocketError::Unsafe {
+        path: p.clone(),
+        reason: reason.to_owned(),
+    };
+    let io = |source| SocketError::Io {
+        path: p.clone(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| unsafe_("it has no parent directory"))?;
+    match fs::symlink_metadata(dir) {
+        Ok(m) => {
+            if m.file_type().is_symlink() || !m.is_dir() {
+                return Err(unsafe_("its directory is a symlink or not a directory"));
+            }
+            if m.permissions().mode() & 0o022 != 0 {
+                return Err(unsafe_("its directory is group- or world-writable"));
+            }
+            if m.uid() != current_uid(dir) {
+                return Err(unsafe_("its directory belongs to another user"));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        Err(e) => return Err(io(e)),
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(unsafe_("the path is a symlink")),
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse(p));
+            }
+            // A stale socket from a process that died.
+            fs::remove_file(path).map_err(io)?;
+        }
+        Ok(_) => return Err(unsafe_("the path exists and is not a socket")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let l = UnixListener::bind(path).map_err(io)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(l)
+}
+
+/// The uid this process creates files as (read off a probe file: no libc call needed).
+fn current_uid(dir: &Path) -> u32 {
+    let probe = dir.join(format!(".writ-uid-probe-{}", std::process::id()));
+    let uid = fs::File::create(&probe)
+        .and_then(|f| f.metadata())
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    let _ = fs::remove_file(&probe);
+    uid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn creates_private_dir_and_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("run/admin.sock");
+        let _l = bind_private(&path).unwrap();
+        let dm = fs::metadata(d.path().join("run"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dm, 0o700);
+        let sm = fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(sm, 0o600);
+        // A second server on the same socket is refused.
+        assert!(matches!(bind_private(&path), Err(SocketError::InUse(_))));
+    }
+
+    #[tokio::test]
+    async fn refuses_unsafe_places() {
+        let d = tempfile::tempdir().unwrap();
+        let open = d.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            bind_private(&open.join("a.sock")),
+            Err(SocketError::Unsafe { .. })
+        ));
+        let private = d.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("/tmp/elsewhere", private.join("link.sock")).unwrap();
+        assert!(matches!(
+            bind_private(&private.join("link.sock")),
+            Err(SocketError::Unsafe { .. })
+        ));
+        fs::write(private.join("file.sock"), b"x").unwrap();
+        assert!(matches!(
+            bind_private(&private.join("file.sock")),
+            Err(SocketError::Unsafe { .. })
+        ));
+    }
+}
