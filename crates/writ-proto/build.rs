@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "writ/v1/types.proto",
         "writ/v1/agent.proto",
         "writ/v1/admin.proto",
+        "writ/v1/agent_admin.proto",
     ];
     let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
     tonic_prost_build::configure()

@@ -6,11 +6,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tonic::Code;
 use writ_core::{server_id, Bundle, Entry, SpiffeId, TrustDomain};
-use writ_proto::v1 as pb;
-use writ_server::client::admin_client;
-use writ_server::convert::{
+use writ_proto::convert::{
     bundle_from_pb, entry_from_pb, entry_to_pb, node_from_pb, selector_to_pb,
 };
+use writ_proto::v1 as pb;
+use writ_server::client::admin_client;
 
 use crate::args::{
     BundleCmd, BundleFormat, EntryCmd, EntryFields, NodeCmd, Output, TokenCmd, X509Cmd,
@@ -379,7 +379,7 @@ pub(crate) async fn bundle(cmd: BundleCmd, output: Output) -> Result<(), CliErro
                 .map_err(|e| CliError::Failed(format!("cannot read `{}`: {e}", file.display())))?;
             let b = parse_bundle_file(trust_domain, &data).map_err(CliError::Usage)?;
             let mut c = connect(&socket.socket).await?;
-            let pbb = writ_server::convert::bundle_to_pb(&b)
+            let pbb = writ_proto::convert::bundle_to_pb(&b)
                 .map_err(|s| CliError::Failed(s.message().to_owned()))?;
             let set = bundle_of(
                 c.set_federated_bundle(pbb)

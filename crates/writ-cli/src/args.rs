@@ -111,8 +111,20 @@ pub(crate) enum AgentCmd {
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
     },
-    /// Exits 0 when the agent answers on its admin socket.
-    Healthcheck(AdminSocket),
+    /// Exits 0 when the agent answers on its admin socket and has an identity.
+    Healthcheck(AgentAdminSocket),
+}
+
+/// Where the agent's admin socket is.
+#[derive(Debug, Args)]
+pub(crate) struct AgentAdminSocket {
+    /// Agent admin socket path.
+    #[arg(
+        long,
+        env = "WRIT_AGENT_SOCKET",
+        default_value = "/run/writ/agent/private/admin.sock"
+    )]
+    pub(crate) socket: PathBuf,
 }
 
 /// Where the server's (or agent's) admin socket is.

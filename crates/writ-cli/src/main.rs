@@ -4,17 +4,20 @@
 //! (clap's own exit code for bad flags and values, and input the server refused as invalid).
 
 mod admin;
+mod agent;
 mod args;
+mod dev;
 mod files;
 mod output;
 mod server;
 mod signals;
+mod workload;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{AgentCmd, Cli, Command, JwtCmd, LogFormat, ServerCmd};
+use crate::args::{AgentCmd, Cli, Command, JwtCmd, LogFormat, ServerCmd, SvidCmd};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,9 +43,6 @@ fn main() -> ExitCode {
 /// Errors that end a command.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
-    /// The command belongs to a part of writ that is not built yet.
-    #[error("`{0}` is not implemented yet")]
-    NotImplemented(&'static str),
     /// The operation failed (exit 1).
     #[error("{0}")]
     Failed(String),
@@ -81,10 +81,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             server::run(&config).await
         }
         Command::Server(ServerCmd::Healthcheck(s)) => admin::healthcheck(&s.socket).await,
-        Command::Agent(AgentCmd::Run { .. }) | Command::Agent(AgentCmd::Healthcheck(_)) => {
-            Err(CliError::NotImplemented("agent"))
+        Command::Agent(AgentCmd::Run {
+            config,
+            join_token,
+            log_format,
+        }) => {
+            init_logging(log_format);
+            agent::run(&config, join_token).await
         }
-        Command::Dev { .. } => Err(CliError::NotImplemented("dev")),
+        Command::Agent(AgentCmd::Healthcheck(s)) => agent::healthcheck(&s.socket).await,
+        Command::Dev { dir } => {
+            init_logging(LogFormat::Human);
+            dev::run(&dir).await
+        }
         Command::Token(c) => admin::token(c, out).await,
         Command::Entry(c) => admin::entry(c, out).await,
         Command::Node(c) => admin::node(c, out).await,
@@ -96,8 +105,33 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             audience,
             ttl,
         }) => admin::jwt_mint(&socket.socket, &spiffe_id, audience, ttl, out).await,
-        Command::Jwt(_) => Err(CliError::NotImplemented("jwt fetch/validate")),
-        Command::Svid(_) => Err(CliError::NotImplemented("svid")),
-        Command::Helper { .. } => Err(CliError::NotImplemented("helper")),
+        Command::Jwt(JwtCmd::Fetch {
+            socket,
+            audience,
+            spiffe_id,
+        }) => {
+            workload::jwt_fetch(
+                socket.socket.as_deref(),
+                audience,
+                spiffe_id.map(|i| i.to_string()),
+                out,
+            )
+            .await
+        }
+        Command::Jwt(JwtCmd::Validate {
+            socket,
+            audience,
+            token,
+        }) => workload::jwt_validate(socket.socket.as_deref(), audience, token, out).await,
+        Command::Svid(SvidCmd::Fetch { socket, out_dir }) => {
+            workload::svid_fetch(socket.socket.as_deref(), out_dir.as_deref(), out).await
+        }
+        Command::Svid(SvidCmd::Watch { socket }) => {
+            workload::svid_watch(socket.socket.as_deref(), out).await
+        }
+        Command::Helper { config } => {
+            init_logging(LogFormat::Human);
+            workload::helper(&config).await
+        }
     }
 }

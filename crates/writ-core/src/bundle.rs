@@ -401,6 +401,28 @@ impl Bundle {
     }
 }
 
+/// Splits concatenated DER certificates (the Workload API's encoding of chains and bundles, and
+/// the x509pop payload), refusing more than `max` or anything that does not parse.
+pub fn split_der_certs(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>, BundleError> {
+    let mut rest = data;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if out.len() == max {
+            return Err(BundleError::BadCertificate {
+                index: out.len(),
+                reason: format!("more than {max} certificates"),
+            });
+        }
+        let (r, _) = X509Certificate::from_der(rest).map_err(|e| BundleError::BadCertificate {
+            index: out.len(),
+            reason: e.to_string(),
+        })?;
+        out.push(rest[..rest.len() - r.len()].to_vec());
+        rest = r;
+    }
+    Ok(out)
+}
+
 fn check_cert(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, BundleError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),

@@ -18,6 +18,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/writ.v1.rs"));
 }
 
+/// Conversions between writ-core types and `writ.v1` messages.
+pub mod convert;
+
 /// The metadata key every Workload API request must carry, with value `true`.
 pub const WORKLOAD_HEADER: &str = "workload.spiffe.io";
 

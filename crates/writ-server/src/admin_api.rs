@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use writ_core::{Bundle, JoinToken, TrustDomain};
+use writ_core::{Bundle, TrustDomain};
 use writ_proto::v1 as pb;
 use writ_proto::v1::admin_server::Admin;
 
-use crate::convert::{
+use crate::state::{store_status, ServerState};
+use writ_proto::convert::{
     bundle_from_pb, bundle_to_pb, entry_from_pb, entry_to_pb, node_to_pb, parse_id,
     selector_from_pb,
 };
-use crate::state::{store_status, ServerState};
 
 /// Longest join token lifetime.
 pub const MAX_TOKEN_TTL: i64 = 30 * 86_400;
@@ -57,35 +57,31 @@ impl Admin for AdminApi {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        self.counted(async {
-            let r = req.get_ref();
-            let ttl = ttl_or(r.ttl_secs, 600, MAX_TOKEN_TTL, "token")?;
-            let alias = if r.spiffe_id.is_empty() {
-                None
-            } else {
-                let id = parse_id("spiffe_id", &r.spiffe_id)?;
-                if !id.is_member_of(&self.state.cfg.trust_domain) || id.path().is_empty() {
-                    return Err(Status::invalid_argument(format!(
-                        "spiffe_id `{id}` must be in trust domain `{}` and have a path",
-                        self.state.cfg.trust_domain
-                    )));
-                }
-                Some(id)
-            };
-            let token = uuid::Uuid::new_v4().to_string();
-            let expires_at = writ_core::now_unix() + ttl;
-            self.state
-                .store
-                .create_join_token(JoinToken { token: token.clone(), spiffe_id: alias.clone(), expires_at })
-                .map_err(store_status)?;
-            tracing::info!(alias = ?alias.as_ref().map(|a| a.to_string()), "join token created");
-            Ok(Response::new(pb::CreateJoinTokenResponse {
-                token,
-                spiffe_id: alias.map(|a| a.to_string()).unwrap_or_default(),
-                expires_at,
-            }))
-        }
-        .await)
+        self.counted(
+            async {
+                let r = req.get_ref();
+                let ttl = ttl_or(r.ttl_secs, 600, MAX_TOKEN_TTL, "token")?;
+                let alias = if r.spiffe_id.is_empty() {
+                    None
+                } else {
+                    let id = parse_id("spiffe_id", &r.spiffe_id)?;
+                    if !id.is_member_of(&self.state.cfg.trust_domain) || id.path().is_empty() {
+                        return Err(Status::invalid_argument(format!(
+                            "spiffe_id `{id}` must be in trust domain `{}` and have a path",
+                            self.state.cfg.trust_domain
+                        )));
+                    }
+                    Some(id)
+                };
+                let t = self.state.create_join_token(alias, ttl)?;
+                Ok(Response::new(pb::CreateJoinTokenResponse {
+                    token: t.token,
+                    spiffe_id: t.spiffe_id.map(|a| a.to_string()).unwrap_or_default(),
+                    expires_at: t.expires_at,
+                }))
+            }
+            .await,
+        )
     }
 
     async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {

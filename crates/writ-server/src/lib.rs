@@ -19,12 +19,10 @@ pub mod admin_api;
 pub mod attest;
 pub mod client;
 pub mod config;
-pub mod convert;
 pub mod index;
 pub mod metrics;
 pub mod node_api;
 pub mod run;
-pub mod socket;
 pub mod state;
 
 pub use config::{ConfigError, ServerConfig};

@@ -18,9 +18,9 @@ use writ_proto::v1 as pb;
 use writ_proto::v1::node_server::Node;
 
 use crate::attest::{AttestError, Step};
-use crate::convert::{bundle_to_pb, entry_to_pb};
 use crate::index::EntryIndex;
 use crate::state::{store_status, Event, ServerState};
+use writ_proto::convert::{bundle_to_pb, entry_to_pb};
 
 /// Entries per snapshot page (each entry is a few hundred bytes, so a page stays far below
 /// gRPC's 4 MB message limit whatever the entry count).

@@ -29,8 +29,8 @@ use crate::config::ServerConfig;
 use crate::index::EntryIndex;
 use crate::metrics::Metrics;
 use crate::node_api::NodeApi;
-use crate::socket::{bind_private, SocketError};
 use crate::state::{Event, ServerState};
+use writ_tls::socket::{bind_private, SocketError};
 
 /// Largest gRPC message the server accepts.
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;

@@ -243,6 +243,24 @@ impl ServerState {
         Ok(n)
     }
 
+    /// Makes a single-use join token; `alias` becomes a second ID of the agent that uses it.
+    pub fn create_join_token(
+        &self,
+        alias: Option<SpiffeId>,
+        ttl: i64,
+    ) -> Result<writ_core::JoinToken, Status> {
+        let t = writ_core::JoinToken {
+            token: uuid::Uuid::new_v4().to_string(),
+            spiffe_id: alias,
+            expires_at: writ_core::now_unix() + ttl,
+        };
+        self.store
+            .create_join_token(t.clone())
+            .map_err(store_status)?;
+        tracing::info!(alias = ?t.spiffe_id.as_ref().map(|a| a.to_string()), "join token created");
+        Ok(t)
+    }
+
     // === bundles ===
 
     /// Recomputes the own bundle from the CA; stores it with a new sequence if it changed.

@@ -1,4 +1,5 @@
-//! writ-tls: rustls configuration for SPIFFE peers, with ring as the only crypto provider.
+//! writ-tls: transport security. rustls configuration for SPIFFE peers, with ring as the only
+//! crypto provider, and Unix sockets placed safely ([`socket`]).
 //!
 //! - [`SvidResolver`]: serves the current X509-SVID as the TLS certificate (server or client
 //!   side) and can be swapped at run time, so a rotated SVID is used by the next handshake
@@ -20,6 +21,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use writ_core::{Bundle, SpiffeId};
 
 pub use rustls;
+
+pub mod socket;
 
 /// TLS setup failures.
 #[derive(Debug, thiserror::Error)]

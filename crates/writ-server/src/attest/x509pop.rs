@@ -57,7 +57,7 @@ impl X509PopAttestor {
     }
 }
 
-/// Splits concatenated DER certificates.
+/// Splits the payload into DER certificates.
 pub fn split_chain(payload: &[u8]) -> Result<Vec<Vec<u8>>, AttestError> {
     if payload.is_empty() {
         return Err(AttestError::Malformed("empty certificate chain".into()));
@@ -65,20 +65,8 @@ pub fn split_chain(payload: &[u8]) -> Result<Vec<Vec<u8>>, AttestError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(AttestError::Malformed("certificate chain too large".into()));
     }
-    let mut rest = payload;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        if out.len() == MAX_CHAIN {
-            return Err(AttestError::Malformed(format!(
-                "more than {MAX_CHAIN} certificates"
-            )));
-        }
-        let (r, _) = X509Certificate::from_der(rest)
-            .map_err(|e| AttestError::Malformed(format!("certificate {}: {e}", out.len())))?;
-        out.push(rest[..rest.len() - r.len()].to_vec());
-        rest = r;
-    }
-    Ok(out)
+    writ_core::bundle::split_der_certs(payload, MAX_CHAIN)
+        .map_err(|e| AttestError::Malformed(e.to_string()))
 }
 
 fn sha256_hex(b: &[u8]) -> String {

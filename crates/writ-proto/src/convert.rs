@@ -3,9 +3,9 @@
 //! Incoming messages are untrusted: every ID and selector is parsed, and a bad one is an
 //! `InvalidArgument` status naming the field.
 
+use crate::v1 as pb;
 use tonic::Status;
 use writ_core::{AttestedNode, Bundle, Entry, Selector, SpiffeId, TrustDomain};
-use writ_proto::v1 as pb;
 
 /// An `InvalidArgument` naming the field.
 pub fn invalid(field: &str, err: impl std::fmt::Display) -> Status {

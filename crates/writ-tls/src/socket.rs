@@ -1,5 +1,8 @@
-//! Private Unix sockets (the admin API): the directory is 0700 and ours, the socket 0600, and a
-//! symlink, a group/world-writable directory or a live socket of another process is refused.
+//! Unix sockets in safe places. A private socket (admin APIs) lives in a 0700 directory and is
+//! 0600; a public one (the Workload API, which any local process may call: callers are told
+//! apart by their kernel credentials) is 0666 in a 0755 directory. Either way a symlink, a
+//! group/world-writable directory (such as `/tmp`), a directory of another user, or a live
+//! socket of another process is refused.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -31,8 +34,26 @@ pub enum SocketError {
     },
 }
 
+/// Who may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only this user (admin APIs).
+    Private,
+    /// Any local user (the Workload API).
+    Public,
+}
+
 /// Creates (or checks) the directory of `path` and binds a private socket there.
 pub fn bind_private(path: &Path) -> Result<UnixListener, SocketError> {
+    bind(path, Access::Private)
+}
+
+/// Creates (or checks) the directory of `path` and binds a socket with the given access there.
+pub fn bind(path: &Path, access: Access) -> Result<UnixListener, SocketError> {
+    let (dir_mode, sock_mode) = match access {
+        Access::Private => (0o700, 0o600),
+        Access::Public => (0o755, 0o666),
+    };
     let p = path.display().to_string();
     let unsafe_ = |reason: &str| SocketError::Unsafe {
         path: p.clone(),
@@ -60,7 +81,7 @@ pub fn bind_private(path: &Path) -> Result<UnixListener, SocketError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).map_err(io)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode)).map_err(io)?;
         }
         Err(e) => return Err(io(e)),
     }
@@ -78,7 +99,7 @@ pub fn bind_private(path: &Path) -> Result<UnixListener, SocketError> {
         Err(e) => return Err(io(e)),
     }
     let l = UnixListener::bind(path).map_err(io)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(sock_mode)).map_err(io)?;
     Ok(l)
 }
 
@@ -96,6 +117,28 @@ fn current_uid(dir: &Path) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn public_sockets_are_callable_by_anyone_but_still_placed_safely() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("public/api.sock");
+        let _l = bind(&path, Access::Public).unwrap();
+        let dm = fs::metadata(d.path().join("public"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dm, 0o755);
+        let sm = fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(sm, 0o666);
+        let open = d.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(matches!(
+            bind(&open.join("api.sock"), Access::Public),
+            Err(SocketError::Unsafe { .. })
+        ));
+    }
 
     #[tokio::test]
     async fn creates_private_dir_and_socket() {
