@@ -246,3 +246,123 @@ pub fn cli(args: &[&str], env: &[(&str, &Path)]) -> Run {
     }
     to_run(c.output().unwrap())
 }
+
+/// A `writ agent run` process attached to a [`TestServer`].
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl TestAgent {
+    /// Starts an agent that attests with a fresh join token (alias `spiffe://example.org/node/<name>`).
+    pub fn start(server: &TestServer, name: &str) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bootstrap.pem");
+        std::fs::write(&bundle, server.bundle().x509_pem()).unwrap();
+        let token = server.cli_json(&[
+            "token",
+            "generate",
+            "--spiffe-id",
+            &format!("spiffe://example.org/node/{name}"),
+        ])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "trust_domain = \"example.org\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n[node_attestor.join_token]\ntoken = \"{token}\"\n[workload_attestor.unix]\n",
+                server.addr(),
+                dir.path().join("public/api.sock").display(),
+                dir.path().join("private/admin.sock").display(),
+                dir.path().join("data").display(),
+                bundle.display(),
+            ),
+        )
+        .unwrap();
+        let mut a = TestAgent {
+            dir,
+            config,
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(writ_bin())
+            .args(["agent", "run", "--config"])
+            .arg(&self.config)
+            .env("WRIT_LOG", "info,writ_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let admin = self.dir.path().join("private/admin.sock");
+        eventually("agent attested", Duration::from_secs(60), || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("agent exited with {st}: {}", self.log());
+            }
+            (cli(
+                &["agent", "healthcheck", "--socket", admin.to_str().unwrap()],
+                &[],
+            )
+            .code
+                == 0)
+                .then_some(())
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("public/api.sock")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Runs a workload command against this agent.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let o = Command::new(writ_bin())
+            .args(args)
+            .env("SPIFFE_ENDPOINT_SOCKET", self.endpoint())
+            .output()
+            .unwrap();
+        to_run(o)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// This process's effective uid (what the unix attestor reports for it).
+pub fn my_uid() -> u32 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
