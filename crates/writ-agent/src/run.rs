@@ -55,7 +55,16 @@ impl AgentAdmin for Admin {
                 .unwrap_or_default()
         };
         let c = self.state.cache.read().unwrap_or_else(|p| p.into_inner());
+        let now = writ_core::now_unix();
+        let earliest = c.svids.values().map(|s| s.expires_at).min().unwrap_or(0);
+        let without = c
+            .servable(now)
+            .iter()
+            .filter(|e| c.svids.get(&e.id).is_none_or(|s| s.expires_at <= now))
+            .count() as u64;
         Ok(Response::new(pb::AgentHealthResponse {
+            earliest_svid_expiry: earliest,
+            entries_without_svid: without,
             agent_id,
             connected: self.state.connected.load(Ordering::Relaxed),
             entries: c.entries.len() as u64,

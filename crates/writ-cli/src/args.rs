@@ -92,6 +92,9 @@ pub(crate) enum ServerCmd {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
+        /// Only check the config file (keys and values) and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Exits 0 when the server answers on its admin socket.
     Healthcheck(AdminSocket),
@@ -110,6 +113,9 @@ pub(crate) enum AgentCmd {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
+        /// Only check the config file (keys and values) and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Exits 0 when the agent answers on its admin socket and has an identity.
     Healthcheck(AgentAdminSocket),

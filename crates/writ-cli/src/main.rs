@@ -76,15 +76,37 @@ fn init_logging(format: LogFormat) {
 async fn run(cli: Cli) -> Result<(), CliError> {
     let out = cli.output;
     match cli.command {
-        Command::Server(ServerCmd::Run { config, log_format }) => {
+        Command::Server(ServerCmd::Run {
+            config,
+            check: true,
+            ..
+        }) => {
+            writ_server::ServerConfig::load(&config)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            output::out(&format!("config `{}` is valid\n", config.display()));
+            Ok(())
+        }
+        Command::Server(ServerCmd::Run {
+            config, log_format, ..
+        }) => {
             init_logging(log_format);
             server::run(&config).await
         }
         Command::Server(ServerCmd::Healthcheck(s)) => admin::healthcheck(&s.socket).await,
         Command::Agent(AgentCmd::Run {
             config,
+            check: true,
+            ..
+        }) => {
+            writ_agent::AgentConfig::load(&config).map_err(|e| CliError::Failed(e.to_string()))?;
+            output::out(&format!("config `{}` is valid\n", config.display()));
+            Ok(())
+        }
+        Command::Agent(AgentCmd::Run {
+            config,
             join_token,
             log_format,
+            ..
         }) => {
             init_logging(log_format);
             agent::run(&config, join_token).await

@@ -15,6 +15,8 @@ use writ_proto::convert::{
 
 /// Longest join token lifetime.
 pub const MAX_TOKEN_TTL: i64 = 30 * 86_400;
+/// Most entries in one batch create.
+pub const MAX_BATCH_ENTRIES: usize = 10_000;
 /// Longest SVID lifetime the admin API mints directly.
 pub const MAX_MINT_TTL: i64 = 30 * 86_400;
 
@@ -90,6 +92,33 @@ impl Admin for AdminApi {
                 let e = entry_from_pb(req.get_ref())?;
                 let e = self.state.create_entry(e).await?;
                 Ok(Response::new(entry_to_pb(&e)))
+            }
+            .await,
+        )
+    }
+
+    async fn batch_create_entries(
+        &self,
+        req: Request<pb::BatchCreateEntriesRequest>,
+    ) -> Result<Response<pb::BatchCreateEntriesResponse>, Status> {
+        self.counted(
+            async {
+                let r = req.into_inner();
+                if r.entries.is_empty() || r.entries.len() > MAX_BATCH_ENTRIES {
+                    return Err(Status::invalid_argument(format!(
+                        "a batch holds 1 to {MAX_BATCH_ENTRIES} entries, not {}",
+                        r.entries.len()
+                    )));
+                }
+                let entries = r
+                    .entries
+                    .iter()
+                    .map(entry_from_pb)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let created = self.state.create_entries(entries).await?;
+                Ok(Response::new(pb::BatchCreateEntriesResponse {
+                    entries: created.iter().map(entry_to_pb).collect(),
+                }))
             }
             .await,
         )

@@ -59,6 +59,8 @@ struct RawConfig {
     agent_svid_ttl: String,
     #[serde(default)]
     jwt_issuer: Option<String>,
+    #[serde(default = "default_attest_rate")]
+    attestation_rate_per_ip: u32,
     #[serde(default)]
     ca: RawCa,
     #[serde(default)]
@@ -72,6 +74,9 @@ fn default_x509_ttl() -> String {
 }
 fn default_jwt_ttl() -> String {
     "5m".into()
+}
+fn default_attest_rate() -> u32 {
+    20
 }
 fn default_agent_ttl() -> String {
     "1h".into()
@@ -169,6 +174,8 @@ pub struct ServerConfig {
     pub agent_svid_ttl: i64,
     /// `iss` claim of JWT-SVIDs.
     pub jwt_issuer: Option<String>,
+    /// Attestations per second allowed from one IP address (burst: five times as many).
+    pub attestation_rate_per_ip: u32,
     /// CA key type.
     pub ca_key_type: KeyType,
     /// CA lifetime (seconds).
@@ -233,8 +240,12 @@ impl ServerConfig {
         let default_x509_svid_ttl = secs("default_x509_svid_ttl", &raw.default_x509_svid_ttl)?;
         let default_jwt_svid_ttl = secs("default_jwt_svid_ttl", &raw.default_jwt_svid_ttl)?;
         let agent_svid_ttl = secs("agent_svid_ttl", &raw.agent_svid_ttl)?;
-        if ca_ttl < 60 {
-            return Err(invalid("ca.ttl", "must be at least 1m"));
+        // Short CA lifetimes are for tests and demos of rotation; production wants hours or days.
+        if ca_ttl < 10 {
+            return Err(invalid("ca.ttl", "must be at least 10s"));
+        }
+        if raw.attestation_rate_per_ip == 0 {
+            return Err(invalid("attestation_rate_per_ip", "must be at least 1"));
         }
         let metrics_listen = match raw.metrics {
             Some(m) => Some(m.listen.parse().map_err(|_| {
@@ -262,6 +273,7 @@ impl ServerConfig {
             default_jwt_svid_ttl,
             agent_svid_ttl,
             jwt_issuer: raw.jwt_issuer,
+            attestation_rate_per_ip: raw.attestation_rate_per_ip,
             ca_key_type,
             ca_ttl,
             upstream: raw.ca.upstream.map(|u| UpstreamConfig {

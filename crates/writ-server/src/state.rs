@@ -46,10 +46,6 @@ struct Bucket {
     at: Instant,
 }
 
-/// Attestations per second per peer IP, and the burst allowed.
-const ATTEST_RATE: f64 = 20.0;
-const ATTEST_BURST: f64 = 100.0;
-
 /// Everything the server's APIs share.
 pub struct ServerState {
     /// Validated config.
@@ -187,6 +183,30 @@ impl ServerState {
             at: created.created_at,
         });
         tracing::info!(entry = %created.id, spiffe_id = %created.spiffe_id, parent = %created.parent_id, owner = %created.owner, "entry created");
+        Ok(created)
+    }
+
+    /// Validates and creates several entries, all or none.
+    pub async fn create_entries(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, Status> {
+        let now = writ_core::now_unix();
+        let mut batch = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            self.check_entry(&e)?;
+            e.id = String::new();
+            e.created_at = now;
+            batch.push(e);
+        }
+        let _g = self.write_lock.lock().await;
+        let created = self.store.create_entries(batch).map_err(store_status)?;
+        for e in &created {
+            self.publish(Change {
+                revision: e.revision,
+                kind: ChangeKind::Created,
+                entry: e.clone(),
+                at: now,
+            });
+        }
+        tracing::info!(count = created.len(), "entries created in bulk");
         Ok(created)
     }
 
@@ -385,12 +405,13 @@ impl ServerState {
             // Forget idle peers so the map stays bounded.
             m.retain(|_, b| now.duration_since(b.at).as_secs() < 60);
         }
+        let rate = f64::from(self.cfg.attestation_rate_per_ip);
+        let burst = rate * 5.0;
         let b = m.entry(ip).or_insert(Bucket {
-            tokens: ATTEST_BURST,
+            tokens: burst,
             at: now,
         });
-        b.tokens =
-            (b.tokens + now.duration_since(b.at).as_secs_f64() * ATTEST_RATE).min(ATTEST_BURST);
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;

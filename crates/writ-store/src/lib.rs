@@ -100,6 +100,9 @@ pub trait Store: Send + Sync {
     /// Creates an entry. Its `id` is assigned when empty; `revision` is always assigned.
     /// Refuses an entry with the same SPIFFE ID, parent and selectors as an existing one.
     fn create_entry(&self, entry: Entry) -> Result<Entry, StoreError>;
+    /// Creates several entries atomically (all or none), with consecutive revisions and one
+    /// flush: bulk registration costs one fsync, not one per entry.
+    fn create_entries(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError>;
     /// Replaces an existing entry (matched by `id`); `created_at` is kept.
     fn update_entry(&self, entry: Entry) -> Result<Entry, StoreError>;
     /// Deletes an entry and returns it as it was.

@@ -125,13 +125,12 @@ impl SledStore {
         Ok(out)
     }
 
-    /// Writes `new` (and removes `old`'s index keys) with the next revision, atomically.
-    fn write_entry(
+    /// Writes each `(old, new, kind)` with consecutive revisions in one atomic transaction (removing
+    /// `old`'s index keys), then flushes.
+    fn write_entries(
         &self,
-        old: Option<&Entry>,
-        new: Entry,
-        kind: ChangeKind,
-    ) -> Result<Entry, StoreError> {
+        items: Vec<(Option<Entry>, Entry, ChangeKind)>,
+    ) -> Result<Vec<Entry>, StoreError> {
         let now = writ_core::now_unix();
         let trees = (
             &self.entries,
@@ -143,51 +142,93 @@ impl SledStore {
         );
         let result = trees
             .transaction(|(entries, spiffe, parent, selector, revlog, meta)| {
-                let rev = next_revision(meta)?;
-                let mut new = new.clone();
-                new.revision = rev;
-                if let Some(o) = old {
-                    remove_index(o, spiffe, parent, selector)?;
-                }
-                if kind == ChangeKind::Deleted {
-                    entries.remove(new.id.as_bytes())?;
-                } else {
-                    entries.insert(new.id.as_bytes(), enc(&new).map_err(Tx::Abort)?)?;
-                    spiffe.insert(idx_key(new.spiffe_id.as_str(), &new.id), &[])?;
-                    parent.insert(idx_key(new.parent_id.as_str(), &new.id), &[])?;
-                    for s in &new.selectors {
-                        selector.insert(idx_key(&s.to_string(), &new.id), &[])?;
+                let mut out = Vec::with_capacity(items.len());
+                let mut rev = current_revision(meta)?;
+                for (old, new, kind) in &items {
+                    rev += 1;
+                    let mut new = new.clone();
+                    new.revision = rev;
+                    if let Some(o) = old {
+                        remove_index(o, spiffe, parent, selector)?;
                     }
+                    if *kind == ChangeKind::Deleted {
+                        entries.remove(new.id.as_bytes())?;
+                    } else {
+                        entries.insert(new.id.as_bytes(), enc(&new).map_err(Tx::Abort)?)?;
+                        spiffe.insert(idx_key(new.spiffe_id.as_str(), &new.id), &[])?;
+                        parent.insert(idx_key(new.parent_id.as_str(), &new.id), &[])?;
+                        for s in &new.selectors {
+                            selector.insert(idx_key(&s.to_string(), &new.id), &[])?;
+                        }
+                    }
+                    let change = Change {
+                        revision: rev,
+                        kind: *kind,
+                        entry: new.clone(),
+                        at: now,
+                    };
+                    revlog.insert(&rev.to_be_bytes(), enc(&change).map_err(Tx::Abort)?)?;
+                    out.push(new);
                 }
-                let change = Change {
-                    revision: rev,
-                    kind,
-                    entry: new.clone(),
-                    at: now,
-                };
-                revlog.insert(&rev.to_be_bytes(), enc(&change).map_err(Tx::Abort)?)?;
-                Ok(new)
+                meta.insert(REV_KEY, &rev.to_be_bytes())?;
+                Ok(out)
             })
             .map_err(tx_err)?;
         self.flush()?;
         Ok(result)
     }
+
+    fn write_entry(
+        &self,
+        old: Option<&Entry>,
+        new: Entry,
+        kind: ChangeKind,
+    ) -> Result<Entry, StoreError> {
+        let mut v = self.write_entries(vec![(old.cloned(), new, kind)])?;
+        v.pop().ok_or_else(|| StoreError::Db("empty write".into()))
+    }
+
+    /// Refuses `entry` if its ID or its (SPIFFE ID, parent, selectors) is taken in the store or
+    /// by an earlier entry of the same batch.
+    fn check_new(&self, entry: &Entry, batch: &[Entry]) -> Result<(), StoreError> {
+        if self.entries.contains_key(entry.id.as_bytes())? || batch.iter().any(|b| b.id == entry.id)
+        {
+            return Err(StoreError::AlreadyExists {
+                kind: "entry",
+                id: entry.id.clone(),
+            });
+        }
+        let same = |e: &Entry| {
+            e.spiffe_id == entry.spiffe_id
+                && e.parent_id == entry.parent_id
+                && same_selectors(&e.selectors, &entry.selectors)
+        };
+        if let Some(e) = self
+            .entries_by_spiffe_id(&entry.spiffe_id)?
+            .iter()
+            .chain(batch)
+            .find(|e| same(e))
+        {
+            return Err(StoreError::AlreadyExists {
+                kind: "entry",
+                id: e.id.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
-fn next_revision(meta: &TransactionalTree) -> Result<u64, Tx> {
-    let cur = match meta.get(REV_KEY)? {
+fn current_revision(meta: &TransactionalTree) -> Result<u64, Tx> {
+    match meta.get(REV_KEY)? {
         Some(v) => {
             let b: [u8; 8] = v
                 .as_ref()
                 .try_into()
                 .map_err(|_| Tx::Abort(StoreError::Corrupt("revision counter".into())))?;
-            u64::from_be_bytes(b)
+            Ok(u64::from_be_bytes(b))
         }
-        None => 0,
-    };
-    let next = cur + 1;
-    meta.insert(REV_KEY, &next.to_be_bytes())?;
-    Ok(next)
+        None => Ok(0),
+    }
 }
 
 fn remove_index(
@@ -215,29 +256,31 @@ fn same_selectors(a: &[Selector], b: &[Selector]) -> bool {
 }
 
 impl Store for SledStore {
-    fn create_entry(&self, mut entry: Entry) -> Result<Entry, StoreError> {
+    fn create_entry(&self, entry: Entry) -> Result<Entry, StoreError> {
+        let mut v = self.create_entries(vec![entry])?;
+        v.pop().ok_or_else(|| StoreError::Db("empty write".into()))
+    }
+
+    fn create_entries(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError> {
         let _g = self.lock();
-        if entry.id.is_empty() {
-            entry.id = uuid::Uuid::new_v4().to_string();
-        }
-        if self.entries.contains_key(entry.id.as_bytes())? {
-            return Err(StoreError::AlreadyExists {
-                kind: "entry",
-                id: entry.id,
-            });
-        }
-        for e in self.entries_by_spiffe_id(&entry.spiffe_id)? {
-            if e.parent_id == entry.parent_id && same_selectors(&e.selectors, &entry.selectors) {
-                return Err(StoreError::AlreadyExists {
-                    kind: "entry",
-                    id: e.id,
-                });
+        let now = writ_core::now_unix();
+        let mut batch: Vec<Entry> = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            if entry.id.is_empty() {
+                entry.id = uuid::Uuid::new_v4().to_string();
             }
+            self.check_new(&entry, &batch)?;
+            if entry.created_at == 0 {
+                entry.created_at = now;
+            }
+            batch.push(entry);
         }
-        if entry.created_at == 0 {
-            entry.created_at = writ_core::now_unix();
-        }
-        self.write_entry(None, entry, ChangeKind::Created)
+        self.write_entries(
+            batch
+                .into_iter()
+                .map(|e| (None, e, ChangeKind::Created))
+                .collect(),
+        )
     }
 
     fn update_entry(&self, mut entry: Entry) -> Result<Entry, StoreError> {

@@ -1,0 +1,596 @@
+//! In-process sections: a real server and real agents (library-started) over real sockets.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use writ_agent::node_client::{self, Evidence, Node};
+use writ_ca::{KeyType, PrivateKey};
+use writ_core::{Entry, Selector, SpiffeId, TrustDomain};
+use writ_proto::v1 as pb;
+use writ_proto::workload as wl;
+use writ_server::RunningServer;
+use writ_tls::{SharedBundle, SvidResolver};
+
+use crate::{Row, Sizes};
+
+pub fn td() -> TrustDomain {
+    TrustDomain::new("example.org").unwrap()
+}
+
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+pub fn my_uid() -> u32 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+pub fn entry(spiffe: &str, parent: &str, selector: &str, ttl: u64) -> Entry {
+    Entry {
+        id: String::new(),
+        spiffe_id: SpiffeId::parse(spiffe).unwrap(),
+        parent_id: SpiffeId::parse(parent).unwrap(),
+        selectors: vec![Selector::parse(selector).unwrap()],
+        x509_svid_ttl: ttl,
+        jwt_svid_ttl: 0,
+        dns_names: vec![],
+        hint: String::new(),
+        admin: false,
+        downstream: false,
+        federates_with: vec![],
+        expires_at: None,
+        owner: "bench".into(),
+        purpose: "benchmark".into(),
+        created_at: 0,
+        revision: 0,
+    }
+}
+
+pub async fn start_server(dir: &Path) -> RunningServer {
+    let cfg = writ_server::ServerConfig::parse(&format!(
+        "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\nattestation_rate_per_ip = 100000\n[ca]\nttl = \"24h\"\n[node_attestor.join_token]\n",
+        dir.join("server/admin.sock").display(),
+        dir.join("server/data").display()
+    ))
+    .unwrap();
+    writ_server::start(cfg).await.unwrap()
+}
+
+/// An in-process agent attested with a token whose alias is `spiffe://example.org/node/<alias>`.
+pub async fn start_agent(
+    server: &RunningServer,
+    dir: &Path,
+    alias: &str,
+) -> writ_agent::RunningAgent {
+    let t = server
+        .state
+        .create_join_token(Some(td().id(&format!("/node/{alias}")).unwrap()), 600)
+        .unwrap();
+    let d = dir.join(format!("agent-{alias}"));
+    let cfg = writ_agent::AgentConfig::parse(&format!(
+        "trust_domain = \"example.org\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\n[node_attestor.join_token]\ntoken = \"{}\"\n[workload_attestor.unix]\n",
+        server.listen_addr,
+        d.join("public/api.sock").display(),
+        d.join("private/admin.sock").display(),
+        d.join("data").display(),
+        t.token
+    ))
+    .unwrap();
+    let own = server.state.bundles.borrow().own.clone();
+    writ_agent::start(cfg, Some(own)).await.unwrap()
+}
+
+/// A lightweight in-process agent: attests with a token for `alias` and opens an mTLS client.
+pub async fn sim_agent(addr: &str, bundle: &writ_core::Bundle, token: &str) -> Node {
+    let mut anon = node_client::connect(addr, &td(), SharedBundle::new(vec![bundle.clone()]), None)
+        .await
+        .unwrap();
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let svid = node_client::attest(&mut anon, &td(), Evidence::JoinToken(token), &key)
+        .await
+        .unwrap();
+    let r = SvidResolver::new(&svid.chain, key.pkcs8_der()).unwrap();
+    node_client::connect(
+        addr,
+        &td(),
+        SharedBundle::new(vec![bundle.clone()]),
+        Some(r),
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs `f` on `threads` threads for `secs` and returns total calls per second.
+fn rate_threads(threads: usize, secs: f64, f: impl Fn() + Sync) -> f64 {
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while start.elapsed().as_secs_f64() < secs {
+                    f();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+pub async fn issuance(sz: &Sizes) -> Vec<Row> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let now = writ_core::now_unix();
+
+    // Baselines: raw rcgen+ring leaf signing and rcgen's own CSR path (parse, verify, sign).
+    let ca_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let (ca_der, _) = writ_ca::x509::build_ca_cert(&td(), &ca_key, 86_400, now, None).unwrap();
+    let issuer =
+        Issuer::from_ca_cert_der(&ca_der.as_slice().into(), ca_key.rcgen_key_pair().unwrap())
+            .unwrap();
+    let subject = KeyPair::generate().unwrap();
+    let leaf = || {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::OrganizationName, "writ");
+        p.subject_alt_names = vec![SanType::URI("spiffe://example.org/w".try_into().unwrap())];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        std::hint::black_box(p.signed_by(&subject, &issuer).unwrap());
+    };
+    let csr = CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&subject)
+        .unwrap();
+    let csr_der = csr.der().clone();
+    let raw_leaf = rate_threads(cores, sz.secs, leaf);
+    let raw_csr = rate_threads(cores, sz.secs, || {
+        let p = rcgen::CertificateSigningRequestParams::from_der(&csr_der).unwrap();
+        std::hint::black_box(p.signed_by(&issuer).unwrap());
+    });
+
+    // Clients: attested agents, each with one entry; batches of CSRs over mTLS.
+    let bundle = server.state.bundles.borrow().own.clone();
+    let addr = server.listen_addr.to_string();
+    let mut clients = Vec::new();
+    for i in 0..sz.clients {
+        let alias = format!("iss-{i}");
+        let t = server
+            .state
+            .create_join_token(Some(td().id(&format!("/node/{alias}")).unwrap()), 600)
+            .unwrap();
+        let c = sim_agent(&addr, &bundle, &t.token).await;
+        let e = server
+            .state
+            .create_entry(entry(
+                &format!("spiffe://example.org/iss/{i}"),
+                &format!("spiffe://example.org/node/{alias}"),
+                "unix:uid:1",
+                0,
+            ))
+            .await
+            .unwrap();
+        let reqs: Vec<pb::SignX509Request> = (0..sz.batch)
+            .map(|_| pb::SignX509Request {
+                entry_id: e.id.clone(),
+                csr: PrivateKey::generate(KeyType::EcP256)
+                    .unwrap()
+                    .csr_der()
+                    .unwrap(),
+            })
+            .collect();
+        clients.push((c, reqs, e.id));
+    }
+    let signed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut c, reqs, _) in clients.clone() {
+        let signed = signed.clone();
+        let secs = sz.secs;
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed().as_secs_f64() < secs {
+                let r = c
+                    .batch_sign_x509(pb::BatchSignX509Request {
+                        requests: reqs.clone(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                signed.fetch_add(
+                    r.results.iter().filter(|x| x.error.is_empty()).count() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let x509_rate = signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+
+    // JWT-SVIDs.
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let signer = writ_ca::JwtSigner::new("k".into(), &key, None).unwrap();
+    let sub = SpiffeId::parse("spiffe://example.org/w").unwrap();
+    let aud = vec!["db".to_owned()];
+    let raw_jwt = rate_threads(cores, sz.secs, || {
+        std::hint::black_box(signer.sign(&sub, &aud, 300, now).unwrap());
+    });
+    let minted = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut c, _, eid) in clients {
+        let minted = minted.clone();
+        let secs = sz.secs;
+        for _ in 0..4 {
+            let mut c = c.clone();
+            let minted = minted.clone();
+            let eid = eid.clone();
+            tasks.push(tokio::spawn(async move {
+                while start.elapsed().as_secs_f64() < secs {
+                    c.mint_jwt(pb::MintJwtRequest {
+                        entry_id: eid.clone(),
+                        audience: vec!["db".into()],
+                    })
+                    .await
+                    .unwrap();
+                    minted.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let _ = c
+            .mint_jwt(pb::MintJwtRequest {
+                entry_id: eid,
+                audience: vec!["db".into()],
+            })
+            .await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let jwt_rate = minted.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    server.shutdown(Duration::from_secs(2)).await.unwrap();
+    vec![
+        Row::new(
+            "issuance",
+            format!(
+                "X509-SVIDs/s via BatchSignX509 over mTLS ({} clients, batches of {})",
+                sz.clients, sz.batch
+            ),
+            format!("{x509_rate:.0}"),
+        )
+        .vs(
+            format!("{raw_leaf:.0} raw rcgen+ring leaf signs/s ({cores} threads)"),
+            x509_rate / raw_leaf,
+        )
+        .target(">= 0.50"),
+        Row::new(
+            "issuance",
+            "same, against rcgen's own CSR path (parse + verify + sign)",
+            format!("{x509_rate:.0}"),
+        )
+        .vs(
+            format!("{raw_csr:.0} raw rcgen CSR signs/s ({cores} threads)"),
+            x509_rate / raw_csr,
+        ),
+        Row::new(
+            "issuance",
+            format!(
+                "JWT-SVIDs/s via MintJwt over mTLS ({} callers)",
+                sz.clients * 4
+            ),
+            format!("{jwt_rate:.0}"),
+        )
+        .vs(
+            format!("{raw_jwt:.0} raw ES256 JWT signs/s ({cores} threads)"),
+            jwt_rate / raw_jwt,
+        ),
+    ]
+}
+
+/// A service that does nothing: the bare tonic unary baseline.
+struct Bare;
+
+#[tonic::async_trait]
+impl writ_proto::v1::agent_admin_server::AgentAdmin for Bare {
+    async fn health(
+        &self,
+        _r: Request<pb::AgentHealthRequest>,
+    ) -> Result<Response<pb::AgentHealthResponse>, Status> {
+        Ok(Response::new(pb::AgentHealthResponse::default()))
+    }
+}
+
+async fn bare_call(path: &Path) -> f64 {
+    let t = Instant::now();
+    let ch = writ_server::client::unix_channel(path).await.unwrap();
+    writ_proto::v1::agent_admin_client::AgentAdminClient::new(ch)
+        .health(pb::AgentHealthRequest {})
+        .await
+        .unwrap();
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+async fn fetch_call(endpoint: &str) -> f64 {
+    let t = Instant::now();
+    let mut c = writ_agent::workload_client::connect(Some(endpoint))
+        .await
+        .unwrap();
+    let mut st = c
+        .fetch_x509svid(wl::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let m = st.message().await.unwrap().unwrap();
+    assert!(!m.svids.is_empty());
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+pub async fn wait_svids(agent: &writ_agent::RunningAgent, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut gen = agent.state.generation.subscribe();
+    loop {
+        if agent.state.cache.read().unwrap().svids.len() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not get {n} SVIDs in time"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), gen.changed()).await;
+    }
+}
+
+pub async fn latency(sz: &Sizes) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let agent = start_agent(&server, dir.path(), "lat").await;
+    server
+        .state
+        .create_entry(entry(
+            "spiffe://example.org/lat",
+            "spiffe://example.org/node/lat",
+            &format!("unix:uid:{}", my_uid()),
+            0,
+        ))
+        .await
+        .unwrap();
+    wait_svids(&agent, 1).await;
+    let endpoint = format!("unix://{}", agent.state.cfg.socket_path.display());
+    let bare_path = dir.path().join("bare/bare.sock");
+    let l = writ_tls::socket::bind(&bare_path, writ_tls::socket::Access::Private).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(writ_proto::v1::agent_admin_server::AgentAdminServer::new(
+                Bare,
+            ))
+            .serve_with_incoming(UnixListenerStream::new(l)),
+    );
+    // Warm up (binary hash cache, allocator).
+    for _ in 0..5 {
+        fetch_call(&endpoint).await;
+        bare_call(&bare_path).await;
+    }
+    let measure = |n: usize| {
+        let endpoint = endpoint.clone();
+        let bare_path = bare_path.clone();
+        async move {
+            let (mut f, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                f.push(fetch_call(&endpoint).await);
+                b.push(bare_call(&bare_path).await);
+            }
+            (
+                percentile(&mut f.clone(), 50.0),
+                percentile(&mut f, 99.0),
+                percentile(&mut b.clone(), 50.0),
+                percentile(&mut b, 99.0),
+            )
+        }
+    };
+    let (f50, f99, b50, b99) = measure(sz.lat_iters).await;
+    // Now with many streaming workloads connected.
+    let mut held = Vec::new();
+    for _ in 0..sz.concurrent {
+        let mut c = writ_agent::workload_client::connect(Some(&endpoint))
+            .await
+            .unwrap();
+        let mut st = c
+            .fetch_x509svid(wl::X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        st.message().await.unwrap().unwrap();
+        held.push((c, st));
+    }
+    let (g50, g99, c50, c99) = measure(sz.lat_iters / 2).await;
+    drop(held);
+    agent.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+    vec![
+        Row::new(
+            "latency",
+            "FetchX509SVID first response, new connection, p50 (ms)",
+            format!("{f50:.2}"),
+        )
+        .vs(
+            format!("{b50:.2} bare tonic unary, new unix connection"),
+            f50 / b50,
+        )
+        .target("<= 3x"),
+        Row::new(
+            "latency",
+            "FetchX509SVID first response, new connection, p99 (ms)",
+            format!("{f99:.2}"),
+        )
+        .vs(format!("{b99:.2} bare tonic unary"), f99 / b99)
+        .target("<= 3x"),
+        Row::new(
+            "latency",
+            format!(
+                "same, p50 with {} streaming workloads connected (ms)",
+                sz.concurrent
+            ),
+            format!("{g50:.2}"),
+        )
+        .vs(format!("{c50:.2} bare tonic unary"), g50 / c50)
+        .target("<= 3x"),
+        Row::new(
+            "latency",
+            format!(
+                "same, p99 with {} streaming workloads connected (ms)",
+                sz.concurrent
+            ),
+            format!("{g99:.2}"),
+        )
+        .vs(format!("{c99:.2} bare tonic unary"), g99 / c99),
+    ]
+}
+
+pub async fn propagation(sz: &Sizes) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let a = start_agent(&server, dir.path(), "prop-a").await;
+    let b = start_agent(&server, dir.path(), "prop-b").await;
+    let uid_sel = format!("unix:uid:{}", my_uid());
+    let mut admin = writ_server::client::admin_client(&server.state.cfg.admin_socket)
+        .await
+        .unwrap();
+    let create =
+        |id: &str, parent: &str| writ_proto::convert::entry_to_pb(&entry(id, parent, &uid_sel, 0));
+    admin
+        .create_entry(create(
+            "spiffe://example.org/prop/base",
+            "spiffe://example.org/node/prop-a",
+        ))
+        .await
+        .unwrap();
+    wait_svids(&a, 1).await;
+    let ep_a = format!("unix://{}", a.state.cfg.socket_path.display());
+    let ep_b = format!("unix://{}", b.state.cfg.socket_path.display());
+    let mut ca = writ_agent::workload_client::connect(Some(&ep_a))
+        .await
+        .unwrap();
+    let mut s1 = ca
+        .fetch_x509svid(wl::X509svidRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    s1.message().await.unwrap().unwrap();
+    let (mut create_ms, mut delete_ms) = (Vec::new(), Vec::new());
+    for i in 0..sz.trials {
+        // Create on A: time from the admin call returning to the stream carrying the new SVID.
+        let id = format!("spiffe://example.org/prop/a{i}");
+        let e = admin
+            .create_entry(create(&id, "spiffe://example.org/node/prop-a"))
+            .await
+            .unwrap()
+            .into_inner();
+        tracing::debug!(trial = i, "bench: create returned");
+        let t = Instant::now();
+        loop {
+            let m = s1.message().await.unwrap().unwrap();
+            if m.svids.iter().any(|s| s.spiffe_id == id) {
+                tracing::debug!(trial = i, "bench: stream delivered");
+                break;
+            }
+        }
+        create_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Delete on B, where it is the workload's only identity: time to PermissionDenied.
+        let idb = format!("spiffe://example.org/prop/b{i}");
+        let eb = admin
+            .create_entry(create(&idb, "spiffe://example.org/node/prop-b"))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut s2 = loop {
+            let mut cb = writ_agent::workload_client::connect(Some(&ep_b))
+                .await
+                .unwrap();
+            if let Ok(r) = cb.fetch_x509svid(wl::X509svidRequest {}).await {
+                let mut st = r.into_inner();
+                if st.message().await.ok().flatten().is_some() {
+                    break st;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        admin
+            .delete_entries(pb::DeleteEntriesRequest { ids: vec![eb.id] })
+            .await
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            match s2.message().await {
+                Ok(Some(_)) => continue,
+                Err(s) if s.code() == tonic::Code::PermissionDenied => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        delete_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        admin
+            .delete_entries(pb::DeleteEntriesRequest { ids: vec![e.id] })
+            .await
+            .unwrap();
+    }
+    drop(s1);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+    let (c50, c99) = (
+        percentile(&mut create_ms.clone(), 50.0),
+        percentile(&mut create_ms, 99.0),
+    );
+    let (d50, d99) = (
+        percentile(&mut delete_ms.clone(), 50.0),
+        percentile(&mut delete_ms, 99.0),
+    );
+    vec![
+        Row::new(
+            "propagation",
+            format!(
+                "entry create -> workload stream has the SVID, p50 / p99 over {} trials (ms)",
+                sz.trials
+            ),
+            format!("{c50:.1} / {c99:.1}"),
+        )
+        .vs(
+            "SPIRE: up to ~10000 (5 s cache reload + 5 s agent poll)",
+            c99 / 10_000.0,
+        )
+        .target("p99 < 1000"),
+        Row::new(
+            "propagation",
+            "entry delete -> workload stream PermissionDenied, p50 / p99 (ms)",
+            format!("{d50:.1} / {d99:.1}"),
+        )
+        .vs("SPIRE: up to ~10000", d99 / 10_000.0)
+        .target("p99 < 1000"),
+    ]
+}
