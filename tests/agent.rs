@@ -13,7 +13,6 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, my_uid, ServerOpts, TestAgent, TestServer};
-use rustls_pki_types::{CertificateDer, UnixTime};
 use tonic::Code;
 use writ_proto::workload as wl;
 use writ_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -32,33 +31,6 @@ fn create_entry(s: &TestServer, id: &str, parent: &str, extra: &[&str]) -> Strin
     ];
     args.extend_from_slice(extra);
     s.cli_json(&args)["id"].as_str().unwrap().to_owned()
-}
-
-fn webpki_verify(chain: &[Vec<u8>], roots: &[Vec<u8>]) {
-    let anchors: Vec<_> = roots
-        .iter()
-        .map(|r| {
-            webpki::anchor_from_trusted_cert(&CertificateDer::from(r.as_slice()))
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    let leaf = CertificateDer::from(chain[0].as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
-    let inter: Vec<CertificateDer<'_>> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        &inter,
-        UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .expect("SVID verifies against the bundle the Workload API gave");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,7 +75,8 @@ async fn spiffe_crate_fetches_and_validates() {
         .iter()
         .map(|c| c.as_ref().to_vec())
         .collect();
-    webpki_verify(&chain, &roots);
+    common::webpki_verify(&chain, &roots)
+        .expect("SVID verifies against the bundle the Workload API gave");
     // Same roots as the server publishes.
     assert_eq!(roots, s.bundle().x509_authorities);
 
@@ -356,7 +329,8 @@ async fn workload_api_rules_and_bad_input() {
     assert_eq!(svid.spiffe_id, "spiffe://example.org/web");
     let chain = writ_core::bundle::split_der_certs(&svid.x509_svid, 8).unwrap();
     let roots = writ_core::bundle::split_der_certs(&svid.bundle, 8).unwrap();
-    webpki_verify(&chain, &roots);
+    common::webpki_verify(&chain, &roots)
+        .expect("SVID verifies against the bundle the Workload API gave");
     assert!(
         writ_ca::PrivateKey::from_pkcs8_der(&svid.x509_svid_key).is_ok(),
         "key is PKCS#8 DER"
@@ -479,10 +453,11 @@ async fn streams_follow_entry_changes_and_rotation() {
     assert_eq!(m2.svids.len(), 1);
     assert_ne!(serial(&m2, 0), s0, "rotated SVID has a new serial");
     let roots = writ_core::bundle::split_der_certs(&m2.svids[0].bundle, 8).unwrap();
-    webpki_verify(
+    common::webpki_verify(
         &writ_core::bundle::split_der_certs(&m2.svids[0].x509_svid, 8).unwrap(),
         &roots,
-    );
+    )
+    .expect("rotated SVID verifies");
 
     // A second entry for the same workload: the stream gets both.
     let second = create_entry(

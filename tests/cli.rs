@@ -110,3 +110,66 @@ fn unreachable_server_is_an_operation_failure() {
         r.stderr
     );
 }
+
+/// Every command path, for the generated CLI reference.
+const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["server", "run"],
+    &["server", "healthcheck"],
+    &["agent", "run"],
+    &["agent", "healthcheck"],
+    &["dev"],
+    &["token", "generate"],
+    &["entry", "create"],
+    &["entry", "show"],
+    &["entry", "list"],
+    &["entry", "update"],
+    &["entry", "delete"],
+    &["node", "list"],
+    &["node", "show"],
+    &["node", "evict"],
+    &["node", "ban"],
+    &["bundle", "show"],
+    &["bundle", "list"],
+    &["bundle", "set"],
+    &["bundle", "delete"],
+    &["x509", "mint"],
+    &["jwt", "mint"],
+    &["jwt", "fetch"],
+    &["jwt", "validate"],
+    &["svid", "fetch"],
+    &["svid", "watch"],
+    &["helper"],
+];
+
+fn generated_cli_reference() -> String {
+    let mut doc = String::from(
+        "# CLI reference\n\nGenerated from `writ --help` of every command; `tests/cli.rs` fails when this file and\nthe binary disagree. Regenerate with `WRIT_UPDATE_DOCS=1 cargo test --test cli`.\n",
+    );
+    for path in COMMANDS {
+        let mut args: Vec<&str> = path.to_vec();
+        args.push("--help");
+        let r = cli(&args, &[]).ok();
+        let title = if path.is_empty() {
+            "writ".to_owned()
+        } else {
+            format!("writ {}", path.join(" "))
+        };
+        doc += &format!("\n## `{title}`\n\n```text\n{}\n```\n", r.stdout.trim_end());
+    }
+    doc
+}
+
+#[test]
+fn cli_reference_is_in_sync() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+    let want = generated_cli_reference();
+    if std::env::var_os("WRIT_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/cli.md is out of date: run WRIT_UPDATE_DOCS=1 cargo test --test cli"
+    );
+}

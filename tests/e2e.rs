@@ -14,36 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{eventually, my_uid, writ_bin, ServerOpts, TestAgent, TestServer};
-use rustls_pki_types::{CertificateDer, UnixTime};
 use writ_proto::v1 as pb;
-
-fn verify(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<(), String> {
-    let anchors: Vec<_> = roots
-        .iter()
-        .filter_map(|r| {
-            webpki::anchor_from_trusted_cert(&CertificateDer::from(r.as_slice()))
-                .ok()
-                .map(|a| a.to_owned())
-        })
-        .collect();
-    let leaf = CertificateDer::from(chain[0].as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
-    let inter: Vec<CertificateDer<'_>> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        &inter,
-        UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
-}
 
 fn issuer_of(der: &[u8]) -> Vec<u8> {
     use x509_parser::prelude::*;
@@ -100,7 +71,7 @@ fn svids_verify_across_two_ca_rotations() {
             "CERTIFICATE",
         )
         .unwrap();
-        verify(&chain, &roots).unwrap_or_else(|e| {
+        common::webpki_verify(&chain, &roots).unwrap_or_else(|e| {
             panic!(
                 "SVID does not verify against its bundle at {:?}: {e}",
                 start.elapsed()

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use common::{eventually, ServerOpts, TestServer};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-use rustls_pki_types::{CertificateDer, UnixTime};
 use tonic::Code;
 use writ_agent::node_client::{self, AgentSvid, Evidence, Node};
 use writ_ca::{KeyType, PrivateKey};
@@ -29,31 +28,8 @@ fn td() -> TrustDomain {
 }
 
 fn verify_with_webpki(chain: &[Vec<u8>], bundle: &Bundle) {
-    let anchors: Vec<_> = bundle
-        .x509_authorities
-        .iter()
-        .map(|r| {
-            webpki::anchor_from_trusted_cert(&CertificateDer::from(r.as_slice()))
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    let leaf = CertificateDer::from(chain[0].as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
-    let inter: Vec<CertificateDer<'_>> = chain[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        &inter,
-        UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .expect("SVID verifies against the bundle");
+    common::webpki_verify(chain, &bundle.x509_authorities)
+        .expect("SVID verifies against the bundle");
 }
 
 fn uri_san(der: &[u8]) -> String {

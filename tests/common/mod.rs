@@ -241,6 +241,14 @@ impl Drop for TestServer {
 pub fn cli(args: &[&str], env: &[(&str, &Path)]) -> Run {
     let mut c = Command::new(writ_bin());
     c.args(args);
+    // Help output shows the values of these; keep it independent of the caller's shell.
+    for k in [
+        "WRIT_SERVER_SOCKET",
+        "WRIT_AGENT_SOCKET",
+        "SPIFFE_ENDPOINT_SOCKET",
+    ] {
+        c.env_remove(k);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -365,4 +373,35 @@ pub fn my_uid() -> u32 {
         .and_then(|r| r.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap()
+}
+
+/// Verifies an X509-SVID chain (leaf first) against CA roots with rustls-webpki, an
+/// implementation independent of writ's own validator.
+pub fn webpki_verify(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<(), String> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let anchors: Vec<_> = roots
+        .iter()
+        .filter_map(|r| {
+            webpki::anchor_from_trusted_cert(&CertificateDer::from(r.as_slice()))
+                .ok()
+                .map(|a| a.to_owned())
+        })
+        .collect();
+    let leaf = CertificateDer::from(chain[0].as_slice());
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
+    let inter: Vec<CertificateDer<'_>> = chain[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &inter,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }

@@ -187,7 +187,16 @@ impl AgentState {
             Some(res) => res.update(&id.chain, id.key.pkcs8_der())?,
             None => *r = Some(SvidResolver::new(&id.chain, id.key.pkcs8_der())?),
         }
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        let changed_id = {
+            let mut cur = self.identity.write().unwrap_or_else(|p| p.into_inner());
+            let changed = cur.as_ref().map(|c| &c.spiffe_id) != Some(&id.spiffe_id);
+            *cur = Some(id);
+            changed
+        };
+        if changed_id {
+            // A new identity may be authorised for other entries: never resume the old stream.
+            self.cache.write().unwrap_or_else(|p| p.into_inner()).synced = false;
+        }
         self.set_own_bundle(svid.bundle.clone());
         Ok(())
     }

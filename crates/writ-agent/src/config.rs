@@ -5,41 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use writ_core::TrustDomain;
 
-/// A config problem, naming the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read config `{path}`: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TOML syntax, a wrong type or an unknown key.
-    #[error("config `{path}`: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message.
-        message: String,
-    },
-    /// A value that is not acceptable.
-    #[error("config key `{key}`: {message}")]
-    Invalid {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn invalid(key: &'static str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.to_string(),
-    }
-}
+pub use writ_core::config::ConfigError;
+use writ_core::config::{invalid, parse_error};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,36 +103,13 @@ pub const DEFAULT_MAX_HASH_BYTES: u64 = 256 * 1024 * 1024;
 impl AgentConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        writ_core::config::load(path, Self::parse)
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|r| {
-                    format!(
-                        " (line {})",
-                        text[..r.start.min(text.len())].lines().count().max(1)
-                    )
-                })
-                .unwrap_or_default();
-            ConfigError::Parse {
-                path: String::new(),
-                message: format!("{}{line}", e.message()),
-            }
-        })?;
+        let raw: Raw =
+            toml::from_str(text).map_err(|e| parse_error(text, e.message(), e.span()))?;
         let trust_domain =
             TrustDomain::new(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
         if raw.server_address.is_empty() || !raw.server_address.contains(':') {

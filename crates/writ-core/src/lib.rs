@@ -12,6 +12,7 @@
 //! with a message naming the offending value; nothing here panics on input.
 
 pub mod bundle;
+pub mod config;
 pub mod duration;
 pub mod entry;
 pub mod id;

@@ -8,41 +8,8 @@ use serde::Deserialize;
 use writ_ca::KeyType;
 use writ_core::TrustDomain;
 
-/// A config problem, naming the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read config `{path}`: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TOML syntax, a wrong type or an unknown key.
-    #[error("config `{path}`: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// toml's message (names the key and line).
-        message: String,
-    },
-    /// A value that parses but is not acceptable.
-    #[error("config key `{key}`: {message}")]
-    Invalid {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn invalid(key: &'static str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.to_string(),
-    }
-}
+pub use writ_core::config::ConfigError;
+use writ_core::config::{invalid, parse_error};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,25 +168,13 @@ fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
 impl ServerConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
-            other => other,
-        })
+        writ_core::config::load(path, Self::parse)
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: String::new(),
-            message: e.message().to_owned() + &span_hint(text, e.span()),
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| parse_error(text, e.message(), e.span()))?;
         let trust_domain =
             TrustDomain::new(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
         let listen = raw.listen.parse().map_err(|_| {
@@ -285,17 +240,6 @@ impl ServerConfig {
             x509pop_ca_bundle,
             metrics_listen,
         })
-    }
-}
-
-/// " (line N)" for a toml error span.
-pub(crate) fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(r) => format!(
-            " (line {})",
-            text[..r.start.min(text.len())].lines().count().max(1)
-        ),
-        None => String::new(),
     }
 }
 

@@ -214,6 +214,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
+            // gRPC frames are small; without this, Nagle + delayed ACK add ~40 ms to replies.
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = conn_tx.clone();
             // Handshakes run in their own tasks so a slow client cannot stall the accept loop.
