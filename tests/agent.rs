@@ -680,3 +680,60 @@ async fn mtls_between_two_processes_with_issued_svids() {
     assert_eq!(reply.trim(), "pong spiffe://example.org/client");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn helper_keeps_files_fresh_and_runs_the_reload_command() {
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    create_entry(
+        &s,
+        "spiffe://example.org/files",
+        "spiffe://example.org/node/a",
+        &["--x509-ttl", "4s"],
+    );
+    let out = a.dir.path().join("helper-out");
+    let marker = a.dir.path().join("reloads");
+    let cfg = a.dir.path().join("helper.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = \"{}\"\nout_dir = \"{}\"\ncmd = \"echo reload >> {}\"\n",
+            a.endpoint(),
+            out.display(),
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let mut helper = std::process::Command::new(common::writ_bin())
+        .args(["helper", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Two reloads: the first SVID, then its rotation (4 s TTL, rotated at about half life).
+    let serials = std::cell::RefCell::new(std::collections::HashSet::new());
+    eventually(
+        "helper wrote files and reloaded twice",
+        Duration::from_secs(30),
+        || {
+            if let Ok(pem) = std::fs::read_to_string(out.join("svid.pem")) {
+                if let Ok(certs) = writ_core::pem::decode_label(&pem, "CERTIFICATE") {
+                    serials.borrow_mut().insert(certs[0].clone());
+                }
+            }
+            let reloads = std::fs::read_to_string(&marker)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            (reloads >= 2 && serials.borrow().len() >= 2).then_some(())
+        },
+    );
+    let _ = helper.kill();
+    let _ = helper.wait();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(out.join("svid.key"))
+            .unwrap()
+            .permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(out.join("bundle.pem").exists());
+}
