@@ -7,6 +7,24 @@
 //! - [`rotation`]: the prepared / active / old journal for X.509 CAs and JWT keys.
 //! - [`jwt`]: JWT-SVID signing (ES256/ES384) and validation.
 //!
+//! ```
+//! use writ_ca::{x509::build_ca_cert, KeyType, PrivateKey, SvidRequest, X509Authority};
+//! use writ_core::{SpiffeId, TrustDomain};
+//!
+//! let td = TrustDomain::new("example.org").unwrap();
+//! let ca_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+//! let now = writ_core::now_unix();
+//! let (ca_cert, chain) = build_ca_cert(&td, &ca_key, 3600, now, None).unwrap();
+//! let ca = X509Authority::new(td, ca_cert, &ca_key, chain).unwrap();
+//!
+//! let workload_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+//! let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+//! let svid = ca
+//!     .mint_from_csr(&workload_key.csr_der().unwrap(), &id, 600, &[], now)
+//!     .unwrap();
+//! assert_eq!(svid.not_after, now + 600);
+//! ```
+//!
 //! Invariants: an SVID never outlives the CA that signed it; a prepared CA is in the bundle before
 //! it signs anything; the CA's own key is never certified as a leaf; CSR signatures are verified
 //! before their key is used.

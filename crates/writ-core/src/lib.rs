@@ -10,6 +10,22 @@
 //!
 //! Everything that comes from outside (IDs, selectors, bundles, PEM) turns into a typed error
 //! with a message naming the offending value; nothing here panics on input.
+//!
+//! ```
+//! use writ_core::{Selector, SpiffeId, TrustDomain};
+//!
+//! let id = SpiffeId::parse("spiffe://example.org/ns/prod/web").unwrap();
+//! assert_eq!(id.trust_domain(), TrustDomain::new("example.org").unwrap());
+//! assert_eq!(id.path(), "/ns/prod/web");
+//!
+//! // Rejected, never normalised (the root of CVE-2021-27099 elsewhere):
+//! let err = SpiffeId::parse("spiffe://example.org/a/../b").unwrap_err();
+//! assert!(err.to_string().contains("`..`"));
+//!
+//! // Selector values may contain ':'.
+//! let s = Selector::parse("x509pop:subject:cn:node-1").unwrap();
+//! assert_eq!((s.kind(), s.value()), ("x509pop", "subject:cn:node-1"));
+//! ```
 
 pub mod bundle;
 pub mod config;
