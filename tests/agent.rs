@@ -737,3 +737,60 @@ fn helper_keeps_files_fresh_and_runs_the_reload_command() {
     assert_eq!(mode, 0o600);
     assert!(out.join("bundle.pem").exists());
 }
+
+/// An identity minted for one task: an entry with `expires_at` is served until then, and the
+/// workload's stream says PermissionDenied once it has passed (pushed by the server's expiry
+/// wake-up, not by a poll).
+#[tokio::test(flavor = "multi_thread")]
+async fn expiring_entries_stop_being_served() {
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    let expires = writ_core::now_unix() + 4;
+    let at = time::OffsetDateTime::from_unix_timestamp(expires)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    create_entry(
+        &s,
+        "spiffe://example.org/task/42",
+        "spiffe://example.org/node/a",
+        &[
+            "--expires-at",
+            &at,
+            "--owner",
+            "agent-runner",
+            "--purpose",
+            "one task",
+        ],
+    );
+    let mut c = raw(&a).await;
+    let mut st = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match c
+                .fetch_x509svid(with_header(wl::X509svidRequest {}, &["true"]))
+                .await
+            {
+                Ok(r) => break r.into_inner(),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let first = st.message().await.unwrap().unwrap();
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/task/42");
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(20), st.message())
+            .await
+            .expect("stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::PermissionDenied);
+    assert!(writ_core::now_unix() >= expires);
+}
