@@ -936,3 +936,73 @@ fn bad_config_is_one_line_naming_the_key() {
         assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     }
 }
+
+async fn first_page(c: &mut Node, after: u64) -> pb::SnapshotPage {
+    let mut st = c
+        .sync_entries(pb::SyncEntriesRequest {
+            after_revision: after,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match st.message().await.unwrap().unwrap().event {
+        Some(pb::sync_entries_response::Event::Snapshot(p)) => p,
+        other => panic!("expected a snapshot page, got {other:?}"),
+    }
+}
+
+/// A reconnecting agent passes the revision it holds: if nothing since then concerns it (even if
+/// other agents' entries changed), it keeps its copy; otherwise it gets a fresh snapshot,
+/// including when one of its entries was moved to another agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_resumes_from_a_revision() {
+    let s = TestServer::start(ServerOpts::default());
+    let mut a = join(&s, Some("spiffe://example.org/node/a")).await;
+    let b = join(&s, Some("spiffe://example.org/node/b")).await;
+    let mine = s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/a1",
+        "--parent-id",
+        "spiffe://example.org/node/a",
+        "--selector",
+        "unix:uid:1",
+    ]);
+    let p = first_page(&mut a.client, 0).await;
+    assert!(!p.unchanged && p.last);
+    assert_eq!(p.entries.len(), 1);
+    let r = p.revision;
+
+    // Changes for B only: A resumes with its copy.
+    s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/b1",
+        "--parent-id",
+        "spiffe://example.org/node/b",
+        "--selector",
+        "unix:uid:2",
+    ]);
+    let p = first_page(&mut a.client, r).await;
+    assert!(p.unchanged, "nothing concerning A changed");
+    assert!(p.revision > r);
+
+    // An entry of A moved to B: A must not keep it.
+    let id = mine["id"].as_str().unwrap();
+    s.cli_json(&[
+        "entry",
+        "update",
+        id,
+        "--parent-id",
+        "spiffe://example.org/node/b",
+    ]);
+    let p = first_page(&mut a.client, r).await;
+    assert!(!p.unchanged);
+    assert!(
+        p.entries.is_empty(),
+        "the moved entry is gone from A's snapshot"
+    );
+    let _ = b;
+}

@@ -286,6 +286,7 @@ mod tests {
             revision: 1,
             kind: ChangeKind::Created,
             entry: e.clone(),
+            previous: None,
             at: 0,
         });
         assert_eq!(idx.authorized(&[id(agent)], 0).len(), 1);
@@ -295,6 +296,7 @@ mod tests {
             revision: 2,
             kind: ChangeKind::Updated,
             entry: moved.clone(),
+            previous: None,
             at: 0,
         });
         assert_eq!(old.unwrap().parent_id, id(agent));
@@ -303,6 +305,7 @@ mod tests {
             revision: 3,
             kind: ChangeKind::Deleted,
             entry: moved,
+            previous: None,
             at: 0,
         });
         assert!(idx.is_empty());

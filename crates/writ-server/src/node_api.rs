@@ -428,8 +428,8 @@ async fn sync_loop(
         let ids = idx.identities(&node, now);
         (idx.revision(), idx.authorized(&ids, now))
     };
-    if after != 0 && after == revision {
-        // Nothing changed anywhere since the agent's copy: it keeps what it has.
+    if after != 0 && after <= revision && nothing_changed_for(st, &node, &set, after, revision) {
+        // Nothing that concerns this agent changed since its copy: it keeps what it has.
         send(pb::SyncEntriesResponse {
             event: Some(pb::sync_entries_response::Event::Snapshot(
                 pb::SnapshotPage {
@@ -517,6 +517,43 @@ async fn sync_loop(
         })
         .await?;
     }
+}
+
+/// Most log records read to decide whether a resuming agent's copy is still current.
+pub const MAX_RESUME_SCAN: usize = 10_000;
+
+/// Whether no change in the revision log between `after` (exclusive) and `revision` (inclusive)
+/// could have altered what `node` holds. A change matters when its entry (new or previous
+/// version) is one of the agent's entries, is parented to one of its identities or entries, or
+/// is a node alias. Cost: proportional to the changes since `after`, never to all entries. When
+/// the log no longer reaches back to `after` (compacted) or is too long, the answer is no and the
+/// agent gets a snapshot.
+fn nothing_changed_for(
+    st: &ServerState,
+    node: &AttestedNode,
+    set: &[Arc<Entry>],
+    after: u64,
+    revision: u64,
+) -> bool {
+    if after == revision {
+        return true;
+    }
+    let Ok(changes) = st.store.changes_since(after, MAX_RESUME_SCAN) else {
+        return false;
+    };
+    let covers = changes.first().is_some_and(|c| c.revision == after + 1)
+        && changes.last().is_some_and(|c| c.revision >= revision);
+    if !covers {
+        return false;
+    }
+    let watch = watched_ids(st, node, set);
+    let current: HashMap<String, u64> = set.iter().map(|e| (e.id.clone(), e.revision)).collect();
+    !changes.iter().filter(|c| c.revision <= revision).any(|c| {
+        EntryIndex::touches(&c.entry, &watch, &current)
+            || c.previous
+                .as_ref()
+                .is_some_and(|p| EntryIndex::touches(p, &watch, &current))
+    })
 }
 
 fn snapshot_page(entries: &[Arc<Entry>], last: bool, revision: u64) -> pb::SyncEntriesResponse {

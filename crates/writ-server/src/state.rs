@@ -180,6 +180,7 @@ impl ServerState {
             revision: created.revision,
             kind: ChangeKind::Created,
             entry: created.clone(),
+            previous: None,
             at: created.created_at,
         });
         tracing::info!(entry = %created.id, spiffe_id = %created.spiffe_id, parent = %created.parent_id, owner = %created.owner, "entry created");
@@ -203,6 +204,7 @@ impl ServerState {
                 revision: e.revision,
                 kind: ChangeKind::Created,
                 entry: e.clone(),
+                previous: None,
                 at: now,
             });
         }
@@ -219,6 +221,7 @@ impl ServerState {
             revision: updated.revision,
             kind: ChangeKind::Updated,
             entry: updated.clone(),
+            previous: None,
             at: writ_core::now_unix(),
         });
         tracing::info!(entry = %updated.id, spiffe_id = %updated.spiffe_id, "entry updated");
@@ -233,6 +236,7 @@ impl ServerState {
             revision: deleted.revision,
             kind: ChangeKind::Deleted,
             entry: deleted.clone(),
+            previous: None,
             at: writ_core::now_unix(),
         });
         tracing::info!(entry = %deleted.id, spiffe_id = %deleted.spiffe_id, "entry deleted");

@@ -91,6 +91,10 @@ pub struct Change {
     pub kind: ChangeKind,
     /// The entry after the change (for a deletion: as it was when deleted).
     pub entry: Entry,
+    /// For an update, the entry as it was before (so readers of the log can tell whom the old
+    /// version concerned, e.g. an entry moved away from an agent).
+    #[serde(default)]
+    pub previous: Option<Entry>,
     /// When (unix seconds).
     pub at: i64,
 }

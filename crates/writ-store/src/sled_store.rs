@@ -161,10 +161,16 @@ impl SledStore {
                             selector.insert(idx_key(&s.to_string(), &new.id), &[])?;
                         }
                     }
+                    let previous = if *kind == ChangeKind::Updated {
+                        old.clone()
+                    } else {
+                        None
+                    };
                     let change = Change {
                         revision: rev,
                         kind: *kind,
                         entry: new.clone(),
+                        previous,
                         at: now,
                     };
                     revlog.insert(&rev.to_be_bytes(), enc(&change).map_err(Tx::Abort)?)?;
