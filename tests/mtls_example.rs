@@ -117,7 +117,7 @@ fn mtls_demo_rotation_and_openssl_interop() {
         },
     );
 
-    // openssl s_client with the files `writ svid fetch --out-dir` writes (default SVID: client).
+    // openssl s_client with the files `writ svid fetch --out-dir` writes for the client identity.
     if Command::new("openssl").arg("version").output().is_err() {
         return;
     }

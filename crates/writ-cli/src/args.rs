@@ -402,6 +402,9 @@ pub(crate) enum SvidCmd {
         /// Write svid.pem, svid.key, bundle.pem (and federated/<td>.pem) here.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Use the SVID with this hint instead of the default (first) one.
+        #[arg(long)]
+        hint: Option<String>,
     },
     /// Prints every update of the X.509 stream.
     Watch {

@@ -145,8 +145,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             audience,
             token,
         }) => workload::jwt_validate(socket.socket.as_deref(), audience, token, out).await,
-        Command::Svid(SvidCmd::Fetch { socket, out_dir }) => {
-            workload::svid_fetch(socket.socket.as_deref(), out_dir.as_deref(), out).await
+        Command::Svid(SvidCmd::Fetch {
+            socket,
+            out_dir,
+            hint,
+        }) => {
+            workload::svid_fetch(
+                socket.socket.as_deref(),
+                out_dir.as_deref(),
+                hint.as_deref(),
+                out,
+            )
+            .await
         }
         Command::Svid(SvidCmd::Watch { socket }) => {
             workload::svid_watch(socket.socket.as_deref(), out).await

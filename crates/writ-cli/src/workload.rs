@@ -109,10 +109,19 @@ fn svid_json(s: &PemSvid) -> Value {
 pub(crate) async fn svid_fetch(
     socket: Option<&str>,
     out_dir: Option<&Path>,
+    hint: Option<&str>,
     output: Output,
 ) -> Result<(), CliError> {
     let r = first_x509(socket).await?;
-    let (svids, fed) = pem_svids(&r)?;
+    let (mut svids, fed) = pem_svids(&r)?;
+    if let Some(h) = hint {
+        svids.retain(|s| s.hint == h);
+        if svids.is_empty() {
+            return Err(CliError::Failed(format!(
+                "no SVID with hint `{h}` for this workload"
+            )));
+        }
+    }
     let Some(default) = svids.first() else {
         return Err(CliError::Failed("the Workload API returned no SVID".into()));
     };
