@@ -279,6 +279,19 @@ impl AgentState {
     pub async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(250);
         loop {
+            // An SVID that expired while the server was unreachable cannot open a session:
+            // forget it and attest again.
+            let expired = self
+                .identity
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|i| i.expires_at <= writ_core::now_unix());
+            if expired {
+                tracing::warn!("agent SVID expired while disconnected; attesting again");
+                self.store.clear_identity();
+                *self.identity.write().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             let have_identity = self
                 .identity
                 .read()
