@@ -794,3 +794,48 @@ async fn expiring_entries_stop_being_served() {
     assert_eq!(end.code(), Code::PermissionDenied);
     assert!(writ_core::now_unix() >= expires);
 }
+
+/// py-spiffe (the Python SPIFFE library, on grpc-core) against the agent. grpc-core sends the
+/// socket path as `:authority`, which the agent's shim rewrites (see writ-agent's `authority`).
+/// `.ci/run` installs py-spiffe into a virtualenv and points `WRIT_PY_SPIFFE` at its python.
+#[test]
+fn py_spiffe_fetches_and_validates() {
+    let py = std::env::var("WRIT_PY_SPIFFE").unwrap_or_else(|_| "python3".into());
+    let available = std::process::Command::new(&py)
+        .args(["-c", "import spiffe, cryptography"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!(
+            "py-spiffe is not installed (.ci/run installs it): skipping the Python interop check"
+        );
+        return;
+    }
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    create_entry(
+        &s,
+        "spiffe://example.org/py",
+        "spiffe://example.org/node/a",
+        &[],
+    );
+    eventually("svid served", Duration::from_secs(30), || {
+        (a.cli(&["svid", "fetch"]).code == 0).then_some(())
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/py_spiffe_check.py");
+    let o = std::process::Command::new(&py)
+        .arg(script)
+        .arg(a.endpoint())
+        .arg("spiffe://example.org/py")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "py-spiffe check failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+}

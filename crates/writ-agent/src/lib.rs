@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod attestor;
+pub mod authority;
 pub mod cache;
 pub mod config;
 pub mod node_client;

@@ -102,7 +102,12 @@ pub async fn start(
             .concurrency_limit_per_connection(32)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(wl)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(workload_listener), shutdown(rx))
+            .serve_with_incoming_shutdown(
+                tokio_stream::StreamExt::map(UnixListenerStream::new(workload_listener), |c| {
+                    c.map(crate::authority::AuthorityFix::new)
+                }),
+                shutdown(rx),
+            )
             .await
         {
             tracing::error!(error = %e, "Workload API server failed");
