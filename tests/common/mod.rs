@@ -367,12 +367,7 @@ impl Drop for TestAgent {
 
 /// This process's effective uid (what the unix attestor reports for it).
 pub fn my_uid() -> u32 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    writ_agent::attestor::own_ids().unwrap().0
 }
 
 /// Verifies an X509-SVID chain (leaf first) against CA roots with rustls-webpki, an

@@ -188,6 +188,13 @@ pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// This process's effective UID and GID, as the unix attestor would report them.
+pub fn own_ids() -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let ((_, euid), (_, egid), _) = parse_status(&status)?;
+    Some((euid, egid))
+}
+
 /// `(real, effective)` IDs.
 type RealEff = (u32, u32);
 

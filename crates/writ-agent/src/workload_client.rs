@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 
-use hyper_util::rt::TokioIo;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use writ_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// A client that sends the security header.
@@ -62,18 +61,13 @@ pub async fn connect(addr: Option<&str>) -> Result<WorkloadClient, ClientError> 
         None => std::env::var("SPIFFE_ENDPOINT_SOCKET").map_err(|_| ClientError::NoAddress)?,
     };
     let path = socket_path(&addr)?;
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+    let channel =
+        writ_tls::socket::channel(&path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
     let f: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = add_header;
     Ok(SpiffeWorkloadApiClient::with_interceptor(channel, f)
         .max_decoding_message_size(64 * 1024 * 1024))

@@ -35,12 +35,7 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 pub fn my_uid() -> u32 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    writ_agent::attestor::own_ids().unwrap().0
 }
 
 pub fn entry(spiffe: &str, parent: &str, selector: &str, ttl: u64) -> Entry {

@@ -14,21 +14,6 @@ fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Failed(e.to_string())
 }
 
-/// The effective uid and gid of this process (from /proc, no libc needed).
-fn ids() -> Result<(u32, u32), CliError> {
-    let s = std::fs::read_to_string("/proc/self/status").map_err(fail)?;
-    let field = |name: &str| -> Option<u32> {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Ok((
-        field("Uid:").ok_or_else(|| fail("cannot read uid"))?,
-        field("Gid:").ok_or_else(|| fail("cannot read gid"))?,
-    ))
-}
-
 /// A path segment for the user: the login name with anything outside a-zA-Z0-9._- replaced.
 fn user_segment(uid: u32) -> String {
     let from_passwd = std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
@@ -86,7 +71,8 @@ pub(crate) async fn run(dir: &Path) -> Result<(), CliError> {
     let td = TrustDomain::new(TD).map_err(fail)?;
     let node_alias = td.id("/node/dev").map_err(fail)?;
 
-    let (uid, _gid) = ids()?;
+    let (uid, _gid) = writ_agent::attestor::own_ids()
+        .ok_or_else(|| fail("cannot read this process's uid from /proc"))?;
     let user = user_segment(uid);
     let user_id = td.id(&format!("/user/{user}")).map_err(fail)?;
     let entry = Entry {

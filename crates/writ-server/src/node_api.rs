@@ -422,13 +422,10 @@ async fn sync_loop(
             .await
             .map_err(|_| Status::cancelled("agent went away"))
     };
-    let (revision, set) = {
-        let idx = st.index.read().unwrap_or_else(|p| p.into_inner());
-        let now = writ_core::now_unix();
-        let ids = idx.identities(&node, now);
-        (idx.revision(), idx.authorized(&ids, now))
-    };
-    if after != 0 && after <= revision && nothing_changed_for(st, &node, &set, after, revision) {
+    let (revision, identities, set) = st.authorized(&node);
+    let mut watch_ids = watched_ids(&identities, &set);
+    if after != 0 && after <= revision && nothing_changed_for(st, &watch_ids, &set, after, revision)
+    {
         // Nothing that concerns this agent changed since its copy: it keeps what it has.
         send(pb::SyncEntriesResponse {
             event: Some(pb::sync_entries_response::Event::Snapshot(
@@ -453,7 +450,6 @@ async fn sync_loop(
     }
     let mut current: HashMap<String, u64> =
         set.iter().map(|e| (e.id.clone(), e.revision)).collect();
-    let mut watch_ids = watched_ids(st, &node, &set);
     let mut next_expiry = next_expiry(&set);
     loop {
         let sleep = tokio::time::sleep(Duration::from_secs(
@@ -488,7 +484,7 @@ async fn sync_loop(
             }
             _ = tx.closed() => return Ok(()),
         }
-        let set = st.authorized_entries(&node);
+        let (_, identities, set) = st.authorized(&node);
         let mut upserts = Vec::new();
         let mut next: HashMap<String, u64> = HashMap::with_capacity(set.len());
         for e in &set {
@@ -503,7 +499,7 @@ async fn sync_loop(
             .cloned()
             .collect();
         current = next;
-        watch_ids = watched_ids(st, &node, &set);
+        watch_ids = watched_ids(&identities, &set);
         next_expiry = self::next_expiry(&set);
         if upserts.is_empty() && removed_ids.is_empty() {
             continue;
@@ -523,14 +519,14 @@ async fn sync_loop(
 pub const MAX_RESUME_SCAN: usize = 10_000;
 
 /// Whether no change in the revision log between `after` (exclusive) and `revision` (inclusive)
-/// could have altered what `node` holds. A change matters when its entry (new or previous
-/// version) is one of the agent's entries, is parented to one of its identities or entries, or
+/// could have altered what an agent holds (`watch`: its identities and its entries' SPIFFE IDs).
+/// A change matters when its entry (new or previous version) is one of the agent's entries, is parented to one of its identities or entries, or
 /// is a node alias. Cost: proportional to the changes since `after`, never to all entries. When
 /// the log no longer reaches back to `after` (compacted) or is too long, the answer is no and the
 /// agent gets a snapshot.
 fn nothing_changed_for(
     st: &ServerState,
-    node: &AttestedNode,
+    watch: &HashSet<SpiffeId>,
     set: &[Arc<Entry>],
     after: u64,
     revision: u64,
@@ -546,13 +542,12 @@ fn nothing_changed_for(
     if !covers {
         return false;
     }
-    let watch = watched_ids(st, node, set);
     let current: HashMap<String, u64> = set.iter().map(|e| (e.id.clone(), e.revision)).collect();
     !changes.iter().filter(|c| c.revision <= revision).any(|c| {
-        EntryIndex::touches(&c.entry, &watch, &current)
+        EntryIndex::touches(&c.entry, watch, &current)
             || c.previous
                 .as_ref()
-                .is_some_and(|p| EntryIndex::touches(p, &watch, &current))
+                .is_some_and(|p| EntryIndex::touches(p, watch, &current))
     })
 }
 
@@ -570,14 +565,12 @@ fn snapshot_page(entries: &[Arc<Entry>], last: bool, revision: u64) -> pb::SyncE
 }
 
 /// IDs whose children matter to this agent: its identities and its entries' SPIFFE IDs.
-fn watched_ids(st: &ServerState, node: &AttestedNode, set: &[Arc<Entry>]) -> HashSet<SpiffeId> {
-    let idx = st.index.read().unwrap_or_else(|p| p.into_inner());
-    let mut ids: HashSet<SpiffeId> = idx
-        .identities(node, writ_core::now_unix())
-        .into_iter()
-        .collect();
-    ids.extend(set.iter().map(|e| e.spiffe_id.clone()));
-    ids
+fn watched_ids(identities: &[SpiffeId], set: &[Arc<Entry>]) -> HashSet<SpiffeId> {
+    identities
+        .iter()
+        .cloned()
+        .chain(set.iter().map(|e| e.spiffe_id.clone()))
+        .collect()
 }
 
 fn next_expiry(set: &[Arc<Entry>]) -> Option<i64> {

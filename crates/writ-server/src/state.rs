@@ -470,10 +470,17 @@ impl ServerState {
 
     /// The entries `node` may serve now.
     pub fn authorized_entries(&self, node: &AttestedNode) -> Vec<Arc<Entry>> {
+        self.authorized(node).2
+    }
+
+    /// Under one index lock: the index revision, `node`'s identities and the entries it may
+    /// serve now.
+    pub fn authorized(&self, node: &AttestedNode) -> (u64, Vec<SpiffeId>, Vec<Arc<Entry>>) {
         let now = writ_core::now_unix();
         let idx = self.index.read().unwrap_or_else(lock_poison);
         let ids = idx.identities(node, now);
-        idx.authorized(&ids, now)
+        let set = idx.authorized(&ids, now);
+        (idx.revision(), ids, set)
     }
 }
 

@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use tokio::net::UnixListener;
+use tonic::transport::{Channel, Endpoint};
 
 /// Why a private socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,21 @@ pub enum SocketError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Connects a gRPC channel to a Unix socket (the admin APIs and the Workload API).
+pub async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    // The URI is required by tonic but unused: the connector ignores it.
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
 }
 
 /// Who may connect.
