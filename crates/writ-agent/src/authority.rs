@@ -56,7 +56,7 @@ pub struct AuthorityFix {
     preface_done: bool,
     active: bool,
     pending: Option<Pending>,
-    decoder: fluke_hpack::Decoder<'static>,
+    decoder: crate::hpack::Decoder,
 }
 
 impl std::fmt::Debug for AuthorityFix {
@@ -78,7 +78,7 @@ impl AuthorityFix {
             preface_done: false,
             active: true,
             pending: None,
-            decoder: fluke_hpack::Decoder::new(),
+            decoder: crate::hpack::Decoder::default(),
         }
     }
 
@@ -198,15 +198,16 @@ impl AuthorityFix {
             }
         };
         let mut block = Vec::with_capacity(p.block.len() + 16);
-        for (name, value) in &headers {
-            let value: &[u8] = if name.as_slice() == b":authority" {
+        for f in &headers {
+            let value: &[u8] = if f.name == b":authority" {
                 b"localhost"
             } else {
-                value
+                &f.value
             };
-            // Literal header field without indexing, new name (RFC 7541 6.2.2), no Huffman.
-            block.push(0x00);
-            encode_string(&mut block, name);
+            // Literal header field without indexing (RFC 7541 6.2.2), or never indexed (6.2.3)
+            // when the client asked for that; new name, no Huffman.
+            block.push(if f.sensitive { 0x10 } else { 0x00 });
+            encode_string(&mut block, &f.name);
             encode_string(&mut block, value);
         }
         let mut first = Vec::new();
@@ -399,7 +400,12 @@ mod tests {
         assert_eq!(hf[4], FLAG_PRIORITY | FLAG_END_HEADERS);
         let payload = &hf[9..9 + len];
         assert_eq!(&payload[..5], &[0, 0, 0, 0, 16]);
-        let decoded = fluke_hpack::Decoder::new().decode(&payload[5..]).unwrap();
+        let decoded: Vec<(Vec<u8>, Vec<u8>)> = crate::hpack::Decoder::default()
+            .decode(&payload[5..])
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.value))
+            .collect();
         let want: Vec<(Vec<u8>, Vec<u8>)> = headers
             .iter()
             .map(|(n, v)| {
@@ -415,6 +421,37 @@ mod tests {
             .collect();
         assert_eq!(decoded, want);
         assert_eq!(&hf[9 + len..], data.as_slice());
+    }
+
+    #[tokio::test]
+    async fn huffman_coded_authority_and_dynamic_table_across_blocks() {
+        // RFC 7541 C.4.1 then C.4.2: Huffman strings, and a second block that refers to the
+        // first block's `:authority` through the dynamic table (index 62).
+        let b1 = hex::decode("828684418cf1e3c2e5f23a6ba0ab90f4ff").unwrap();
+        let b2 = hex::decode("828684be5886a8eb10649cbf").unwrap();
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &b1));
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 3, &b2));
+        let out = through(input).await;
+        let mut rest = &out[PREFACE.len()..];
+        // The server side decodes our output with a fresh decoder: it never indexes anything.
+        let mut server = crate::hpack::Decoder::default();
+        for stream in [1u32, 3] {
+            let len =
+                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            assert_eq!(rest[3], FRAME_HEADERS);
+            assert_eq!(
+                u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]),
+                stream
+            );
+            let fields = server.decode(&rest[9..9 + len]).unwrap();
+            let authority: Vec<_> = fields.iter().filter(|f| f.name == b":authority").collect();
+            assert_eq!(authority.len(), 1);
+            assert_eq!(authority[0].value, b"localhost");
+            assert_eq!(fields.len(), if stream == 1 { 4 } else { 5 });
+            rest = &rest[9 + len..];
+        }
+        assert!(rest.is_empty());
     }
 
     #[tokio::test]
