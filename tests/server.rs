@@ -676,6 +676,39 @@ async fn agents_only_get_what_they_are_authorised_for() {
         .unwrap()
         .into_inner();
     assert!(!resp.results[0].error.is_empty());
+    // A batch large enough to be split over signing threads: results come back in request
+    // order, and one bad CSR in the middle fails alone.
+    let mut reqs = Vec::new();
+    for i in 0..40 {
+        let (mut r, _) = sign_req(if i % 2 == 0 { mine_id } else { nested_id });
+        if i == 17 {
+            let n = r.csr.len();
+            r.csr[n - 2] ^= 1;
+        }
+        reqs.push(r);
+    }
+    let want: Vec<String> = reqs.iter().map(|r| r.entry_id.clone()).collect();
+    let resp = a
+        .client
+        .batch_sign_x509(pb::BatchSignX509Request { requests: reqs })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<String> = resp.results.iter().map(|r| r.entry_id.clone()).collect();
+    assert_eq!(got, want);
+    for (i, r) in resp.results.iter().enumerate() {
+        if i == 17 {
+            assert!(r.error.contains("signature"), "{}", r.error);
+        } else {
+            assert!(r.error.is_empty(), "{i}: {}", r.error);
+            verify_with_webpki(&r.cert_chain, &s.bundle());
+            let want = if i % 2 == 0 { "web" } else { "web/worker" };
+            assert_eq!(
+                uri_san(&r.cert_chain[0]),
+                format!("spiffe://example.org/{want}")
+            );
+        }
+    }
 
     // The sync stream: a snapshot of exactly A's entries, then pushed changes.
     let mut stream = a

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use writ_core::{AttestedNode, Entry, SpiffeId};
@@ -30,16 +30,34 @@ pub const MAX_BATCH: usize = 1000;
 /// How long an agent has to answer an attestation challenge.
 pub const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// CSRs in the smallest chunk handed to a signing thread (a CSR costs ~0.1 ms).
+const MIN_CHUNK: usize = 8;
+/// Signing chunks allowed to run at once, per core. One per core leaves cores idle while
+/// finished batches are on the wire (measured: 0.68x of rcgen's CSR path against 0.87x with
+/// four); the bound keeps a flood of batches from starting hundreds of threads.
+const QUEUE_DEPTH: usize = 4;
+
 /// The Node service.
 #[derive(Debug, Clone)]
 pub struct NodeApi {
     state: Arc<ServerState>,
+    /// The signing queue. CSR verification and signing are pure CPU, so they run on blocking
+    /// threads (never on the async workers that carry sync streams and handshakes), at most
+    /// [`QUEUE_DEPTH`] chunks per core at a time, in arrival order (tokio's semaphore is fair);
+    /// one agent's batch is split over the cores.
+    signers: Arc<Semaphore>,
+    cores: usize,
 }
 
 impl NodeApi {
     /// Wraps the shared state.
     pub fn new(state: Arc<ServerState>) -> Self {
-        NodeApi { state }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        NodeApi {
+            state,
+            signers: Arc::new(Semaphore::new(cores * QUEUE_DEPTH)),
+            cores,
+        }
     }
 
     fn peer_ip<T>(req: &Request<T>) -> Option<IpAddr> {
@@ -299,31 +317,44 @@ impl Node for NodeApi {
             tracing::warn!(agent = %node.spiffe_id, entry = %bad.entry_id, "unauthorised signing request");
             return Err(s);
         }
-        let mut results = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let e = &allowed[&r.entry_id];
-            let ttl = if e.x509_svid_ttl > 0 {
-                e.x509_svid_ttl as i64
-            } else {
-                st.cfg.default_x509_svid_ttl
-            };
-            match st.mint_from_csr(&r.csr, &e.spiffe_id, ttl, &e.dns_names) {
-                Ok(svid) => results.push(pb::SignX509Result {
-                    entry_id: r.entry_id.clone(),
-                    cert_chain: svid.chain,
-                    expires_at: svid.not_after,
-                    error: String::new(),
-                }),
-                Err(s) => {
-                    st.metrics.count_status(&s);
-                    results.push(pb::SignX509Result {
-                        entry_id: r.entry_id.clone(),
-                        cert_chain: Vec::new(),
-                        expires_at: 0,
-                        error: s.message().to_owned(),
-                    })
-                }
+        let jobs: Vec<(pb::SignX509Request, Arc<Entry>)> = req
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(|r| {
+                let e = allowed[&r.entry_id].clone();
+                (r, e)
+            })
+            .collect();
+        let per = jobs.len().div_ceil(self.cores).max(MIN_CHUNK);
+        let mut chunks = Vec::new();
+        let mut jobs = jobs.into_iter();
+        loop {
+            let chunk: Vec<_> = jobs.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
             }
+            let permit = self
+                .signers
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Status::unavailable("server is shutting down"))?;
+            let st = self.state.clone();
+            chunks.push(tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                chunk
+                    .into_iter()
+                    .map(|(r, e)| sign_one(&st, r, &e))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut results = Vec::new();
+        for c in chunks {
+            results.extend(
+                c.await
+                    .map_err(|e| Status::internal(format!("signing task failed: {e}")))?,
+            );
         }
         Ok(Response::new(pb::BatchSignX509Response { results }))
     }
@@ -549,6 +580,33 @@ fn nothing_changed_for(
                 .as_ref()
                 .is_some_and(|p| EntryIndex::touches(p, watch, &current))
     })
+}
+
+/// Verifies one CSR and signs its X509-SVID; a refusal is reported in the result, not as an error
+/// for the whole batch.
+fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> pb::SignX509Result {
+    let ttl = if e.x509_svid_ttl > 0 {
+        e.x509_svid_ttl as i64
+    } else {
+        st.cfg.default_x509_svid_ttl
+    };
+    match st.mint_from_csr(&r.csr, &e.spiffe_id, ttl, &e.dns_names) {
+        Ok(svid) => pb::SignX509Result {
+            entry_id: r.entry_id,
+            cert_chain: svid.chain,
+            expires_at: svid.not_after,
+            error: String::new(),
+        },
+        Err(s) => {
+            st.metrics.count_status(&s);
+            pb::SignX509Result {
+                entry_id: r.entry_id,
+                cert_chain: Vec::new(),
+                expires_at: 0,
+                error: s.message().to_owned(),
+            }
+        }
+    }
 }
 
 fn snapshot_page(entries: &[Arc<Entry>], last: bool, revision: u64) -> pb::SyncEntriesResponse {
