@@ -43,7 +43,7 @@ impl Sizes {
             secs: 5.0,
             clients: 4,
             batch: 100,
-            lat_iters: 300,
+            lat_iters: 1000,
             concurrent: 1000,
             trials: 100,
             scale_total: 100_000,

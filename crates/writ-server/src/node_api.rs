@@ -515,7 +515,22 @@ async fn sync_loop(
             }
             _ = tx.closed() => return Ok(()),
         }
-        let (_, identities, set) = st.authorized(&node);
+        // A burst of changes (a bulk create commits thousands) is folded into one recomputation:
+        // whatever is already queued is covered by the set computed next, so computing it per
+        // change would cost O(changes x set) for nothing.
+        loop {
+            match events.try_recv() {
+                Ok(Event::NodeGone(id)) if id == node.spiffe_id => {
+                    return Err(Status::permission_denied("agent was evicted or banned"));
+                }
+                Ok(Event::Shutdown) => return Err(Status::unavailable("server is shutting down")),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        // The set is exactly the index as of `as_of`, which is at least `recompute_at`.
+        let (as_of, identities, set) = st.authorized(&node);
+        let recompute_at = recompute_at.max(as_of);
         let mut upserts = Vec::new();
         let mut next: HashMap<String, u64> = HashMap::with_capacity(set.len());
         for e in &set {
