@@ -5,6 +5,7 @@
 //! `nodes`, `tokens`, `bundles`. SPIFFE IDs and selectors cannot contain NUL, so `\0` separates
 //! the indexed value from the entry ID and a prefix scan on `<value>\0` finds exactly the matches.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -196,32 +197,46 @@ impl SledStore {
 
     /// Refuses `entry` if its ID or its (SPIFFE ID, parent, selectors) is taken in the store or
     /// by an earlier entry of the same batch.
-    fn check_new(&self, entry: &Entry, batch: &[Entry]) -> Result<(), StoreError> {
-        if self.entries.contains_key(entry.id.as_bytes())? || batch.iter().any(|b| b.id == entry.id)
-        {
-            return Err(StoreError::AlreadyExists {
-                kind: "entry",
-                id: entry.id.clone(),
-            });
-        }
-        let same = |e: &Entry| {
-            e.spiffe_id == entry.spiffe_id
-                && e.parent_id == entry.parent_id
-                && same_selectors(&e.selectors, &entry.selectors)
+    /// Refuses an entry whose ID exists, or that repeats an existing registration (same SPIFFE
+    /// ID, parent and selector set), in the store or earlier in the same batch. The batch is
+    /// checked through hash sets so a bulk create stays linear in its size.
+    fn check_new(&self, entry: &Entry, batch: &BatchSeen) -> Result<(), StoreError> {
+        let exists = |id: &str| StoreError::AlreadyExists {
+            kind: "entry",
+            id: id.to_owned(),
         };
+        if batch.ids.contains(&entry.id) || self.entries.contains_key(entry.id.as_bytes())? {
+            return Err(exists(&entry.id));
+        }
+        if let Some(id) = batch.registrations.get(&registration(entry)) {
+            return Err(exists(id));
+        }
         if let Some(e) = self
             .entries_by_spiffe_id(&entry.spiffe_id)?
             .iter()
-            .chain(batch)
-            .find(|e| same(e))
+            .find(|e| {
+                e.parent_id == entry.parent_id && same_selectors(&e.selectors, &entry.selectors)
+            })
         {
-            return Err(StoreError::AlreadyExists {
-                kind: "entry",
-                id: e.id.clone(),
-            });
+            return Err(exists(&e.id));
         }
         Ok(())
     }
+}
+
+/// IDs and registrations already in a batch being created.
+#[derive(Default)]
+struct BatchSeen {
+    ids: HashSet<String>,
+    registrations: HashMap<(SpiffeId, SpiffeId, Vec<Selector>), String>,
+}
+
+/// What makes two entries the same registration: SPIFFE ID, parent, and the selector set.
+fn registration(e: &Entry) -> (SpiffeId, SpiffeId, Vec<Selector>) {
+    let mut sels = e.selectors.clone();
+    sels.sort();
+    sels.dedup();
+    (e.spiffe_id.clone(), e.parent_id.clone(), sels)
 }
 
 fn current_revision(meta: &TransactionalTree) -> Result<u64, Tx> {
@@ -271,11 +286,15 @@ impl Store for SledStore {
         let _g = self.lock();
         let now = writ_core::now_unix();
         let mut batch: Vec<Entry> = Vec::with_capacity(entries.len());
+        let mut seen = BatchSeen::default();
         for mut entry in entries {
             if entry.id.is_empty() {
                 entry.id = uuid::Uuid::new_v4().to_string();
             }
-            self.check_new(&entry, &batch)?;
+            self.check_new(&entry, &seen)?;
+            seen.ids.insert(entry.id.clone());
+            seen.registrations
+                .insert(registration(&entry), entry.id.clone());
             if entry.created_at == 0 {
                 entry.created_at = now;
             }
