@@ -25,6 +25,8 @@ use crate::persist::{self, Identity};
 
 /// Most CSRs per signing request.
 pub const SIGN_BATCH: usize = 500;
+/// Signing batches an agent keeps in flight at once.
+pub const SIGN_IN_FLIGHT: usize = 2;
 
 /// Agent failures that stop it.
 #[derive(Debug, thiserror::Error)]
@@ -547,7 +549,7 @@ impl AgentState {
     }
 
     /// Keeps an SVID for every servable entry: signs what is missing, stale or due for rotation.
-    async fn signer(self: Arc<Self>, mut client: Node) {
+    async fn signer(self: Arc<Self>, client: Node) {
         loop {
             let now = writ_core::now_unix();
             let (due, next_wake) = {
@@ -564,12 +566,25 @@ impl AgentState {
                 }
                 (due, next)
             };
+            // Up to SIGN_IN_FLIGHT batches at once, so the next batch's keys are made while the
+            // server signs the previous one instead of each side waiting for the other.
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut failed = false;
             for batch in due.chunks(SIGN_BATCH) {
-                if let Err(s) = self.sign_batch(&mut client, batch).await {
-                    tracing::warn!(error = %s.message(), code = ?s.code(), "signing failed; will retry");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                if in_flight.len() >= SIGN_IN_FLIGHT {
+                    failed |= Self::batch_failed(in_flight.join_next().await);
+                }
+                if failed {
                     break;
                 }
+                let (this, mut c, batch) = (self.clone(), client.clone(), batch.to_vec());
+                in_flight.spawn(async move { this.sign_batch(&mut c, &batch).await });
+            }
+            while let Some(r) = in_flight.join_next().await {
+                failed |= Self::batch_failed(Some(r));
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             if !due.is_empty() {
                 continue;
@@ -582,20 +597,40 @@ impl AgentState {
         }
     }
 
-    async fn sign_batch(&self, client: &mut Node, batch: &[Entry]) -> Result<(), tonic::Status> {
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut requests = Vec::with_capacity(batch.len());
-        for e in batch {
-            let k = PrivateKey::generate(KeyType::EcP256)
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
-            requests.push(pb::SignX509Request {
-                entry_id: e.id.clone(),
-                csr: k
-                    .csr_der()
-                    .map_err(|e| tonic::Status::internal(e.to_string()))?,
-            });
-            keys.push(k);
+    /// Logs a failed signing batch; true if it failed.
+    fn batch_failed(r: Option<Result<Result<(), tonic::Status>, tokio::task::JoinError>>) -> bool {
+        match r {
+            Some(Ok(Err(s))) => {
+                tracing::warn!(error = %s.message(), code = ?s.code(), "signing failed; will retry");
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "signing task failed; will retry");
+                true
+            }
+            _ => false,
         }
+    }
+
+    async fn sign_batch(&self, client: &mut Node, batch: &[Entry]) -> Result<(), tonic::Status> {
+        // Key generation and CSR signing are CPU work (~40 us each): off the async workers.
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        let (keys, requests) = tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::with_capacity(ids.len());
+            let mut requests = Vec::with_capacity(ids.len());
+            for entry_id in ids {
+                let k = PrivateKey::generate(KeyType::EcP256)
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                let csr = k
+                    .csr_der()
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                requests.push(pb::SignX509Request { entry_id, csr });
+                keys.push(k);
+            }
+            Ok::<_, tonic::Status>((keys, requests))
+        })
+        .await
+        .map_err(|e| tonic::Status::internal(format!("key generation failed: {e}")))??;
         let resp = client
             .batch_sign_x509(pb::BatchSignX509Request { requests })
             .await?
