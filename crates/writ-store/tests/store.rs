@@ -253,16 +253,32 @@ fn bulk_create_refuses_duplicates_whole() {
     let dir = tempfile::tempdir().unwrap();
     let s = SledStore::open(dir.path()).unwrap();
     let many: Vec<Entry> = (0..2000)
-        .map(|i| entry(&format!("spiffe://td/w/{i}"), "spiffe://td/agent", &["unix:uid:1"]))
+        .map(|i| {
+            entry(
+                &format!("spiffe://td/w/{i}"),
+                "spiffe://td/agent",
+                &["unix:uid:1"],
+            )
+        })
         .collect();
     let created = s.create_entries(many).unwrap();
     assert_eq!(created.len(), 2000);
     let rev = s.revision().unwrap();
     // The same registration twice in one batch (selectors in another order): refused whole.
-    let a = entry("spiffe://td/x", "spiffe://td/agent", &["unix:uid:1", "unix:gid:2"]);
-    let b = entry("spiffe://td/x", "spiffe://td/agent", &["unix:gid:2", "unix:uid:1"]);
+    let a = entry(
+        "spiffe://td/x",
+        "spiffe://td/agent",
+        &["unix:uid:1", "unix:gid:2"],
+    );
+    let b = entry(
+        "spiffe://td/x",
+        "spiffe://td/agent",
+        &["unix:gid:2", "unix:uid:1"],
+    );
     let fresh = entry("spiffe://td/y", "spiffe://td/agent", &["unix:uid:1"]);
-    let err = s.create_entries(vec![fresh.clone(), a.clone(), b]).unwrap_err();
+    let err = s
+        .create_entries(vec![fresh.clone(), a.clone(), b])
+        .unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
     // One repeating a stored registration, or reusing a stored or batch ID: refused whole.
     let dup = entry("spiffe://td/w/7", "spiffe://td/agent", &["unix:uid:1"]);
