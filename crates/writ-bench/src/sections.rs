@@ -254,39 +254,40 @@ pub async fn issuance(sz: &Sizes) -> Vec<Row> {
     let raw_jwt = rate_threads(cores, sz.secs, || {
         std::hint::black_box(signer.sign(&sub, &aud, 300, now).unwrap());
     });
-    let minted = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (mut c, _, eid) in clients {
-        let minted = minted.clone();
-        let secs = sz.secs;
-        for _ in 0..4 {
-            let mut c = c.clone();
-            let minted = minted.clone();
-            let eid = eid.clone();
-            tasks.push(tokio::spawn(async move {
-                while start.elapsed().as_secs_f64() < secs {
-                    c.mint_jwt(pb::MintJwtRequest {
-                        entry_id: eid.clone(),
-                        audience: vec!["db".into()],
-                    })
-                    .await
-                    .unwrap();
-                    minted.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-        let _ = c
-            .mint_jwt(pb::MintJwtRequest {
-                entry_id: eid,
-                audience: vec!["db".into()],
-            })
-            .await;
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let jwt_rate = minted.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let small = (clients[0].0.clone(), clients[0].2.clone());
+    let jwt_rate = mint_rate(
+        clients.into_iter().map(|(c, _, eid)| (c, eid)).collect(),
+        4,
+        sz.secs,
+    )
+    .await;
+
+    // Authorisation per call follows the entry asked about, not how many the agent holds: one
+    // agent with `agent_svids` entries against one with a single entry, same callers.
+    let t = server
+        .state
+        .create_join_token(Some(td().id("/node/iss-big").unwrap()), 600)
+        .unwrap();
+    let big = sim_agent(&addr, &bundle, &t.token).await;
+    let created = server
+        .state
+        .create_entries(
+            (0..sz.agent_svids)
+                .map(|i| {
+                    entry(
+                        &format!("spiffe://example.org/big/{i}"),
+                        "spiffe://example.org/node/iss-big",
+                        "unix:uid:1",
+                        0,
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let big_eid = created.last().unwrap().id.clone();
+    let one_rate = mint_rate(vec![small], 8, sz.secs).await;
+    let big_rate = mint_rate(vec![(big, big_eid)], 8, sz.secs).await;
     server.shutdown(Duration::from_secs(2)).await.unwrap();
     vec![
         Row::new(
@@ -332,7 +333,47 @@ pub async fn issuance(sz: &Sizes) -> Vec<Row> {
             format!("{raw_jwt:.0} raw ES256 JWT signs/s ({cores} threads)"),
             jwt_rate / raw_jwt,
         ),
+        Row::new(
+            "issuance",
+            format!(
+                "JWT-SVIDs/s for an agent holding {} entries (8 callers)",
+                sz.agent_svids
+            ),
+            format!("{big_rate:.0}"),
+        )
+        .vs(
+            format!("{one_rate:.0} for an agent holding 1"),
+            big_rate / one_rate,
+        )
+        .target("~1.0"),
     ]
+}
+
+/// MintJwt calls per second from `callers` concurrent callers per (agent, entry).
+async fn mint_rate(targets: Vec<(Node, String)>, callers: usize, secs: f64) -> f64 {
+    let minted = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, eid) in targets {
+        for _ in 0..callers {
+            let (mut c, minted, eid) = (c.clone(), minted.clone(), eid.clone());
+            tasks.push(tokio::spawn(async move {
+                while start.elapsed().as_secs_f64() < secs {
+                    c.mint_jwt(pb::MintJwtRequest {
+                        entry_id: eid.clone(),
+                        audience: vec!["db".into()],
+                    })
+                    .await
+                    .unwrap();
+                    minted.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    minted.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// A service that does nothing: the bare tonic unary baseline.

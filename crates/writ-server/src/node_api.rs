@@ -302,30 +302,19 @@ impl Node for NodeApi {
             st.metrics.count_status(&s);
             return Err(s);
         }
-        let allowed: HashMap<String, Arc<Entry>> = st
-            .authorized_entries(&node)
-            .into_iter()
-            .map(|e| (e.id.clone(), e))
-            .collect();
         // Refuse the whole batch if any entry is not authorised: nothing is signed.
-        if let Some(bad) = reqs.iter().find(|r| !allowed.contains_key(&r.entry_id)) {
+        let wanted: Vec<&str> = reqs.iter().map(|r| r.entry_id.as_str()).collect();
+        let entries = st.authorized_for(&node, &wanted).map_err(|bad| {
             let s = Status::permission_denied(format!(
-                "agent `{}` is not authorised for entry `{}`",
-                node.spiffe_id, bad.entry_id
+                "agent `{}` is not authorised for entry `{bad}`",
+                node.spiffe_id
             ));
             st.metrics.count_status(&s);
-            tracing::warn!(agent = %node.spiffe_id, entry = %bad.entry_id, "unauthorised signing request");
-            return Err(s);
-        }
-        let jobs: Vec<(pb::SignX509Request, Arc<Entry>)> = req
-            .into_inner()
-            .requests
-            .into_iter()
-            .map(|r| {
-                let e = allowed[&r.entry_id].clone();
-                (r, e)
-            })
-            .collect();
+            tracing::warn!(agent = %node.spiffe_id, entry = %bad, "unauthorised signing request");
+            s
+        })?;
+        let jobs: Vec<(pb::SignX509Request, Arc<Entry>)> =
+            req.into_inner().requests.into_iter().zip(entries).collect();
         let per = jobs.len().div_ceil(self.cores).max(MIN_CHUNK);
         let mut chunks = Vec::new();
         let mut jobs = jobs.into_iter();
@@ -367,9 +356,9 @@ impl Node for NodeApi {
         let node = st.authenticate(&req)?;
         let r = req.get_ref();
         let entry = st
-            .authorized_entries(&node)
-            .into_iter()
-            .find(|e| e.id == r.entry_id)
+            .authorized_for(&node, &[r.entry_id.as_str()])
+            .ok()
+            .and_then(|mut v| v.pop())
             .ok_or_else(|| {
                 let s = Status::permission_denied(format!(
                     "agent `{}` is not authorised for entry `{}`",

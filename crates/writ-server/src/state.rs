@@ -468,9 +468,22 @@ impl ServerState {
         Ok(node)
     }
 
-    /// The entries `node` may serve now.
-    pub fn authorized_entries(&self, node: &AttestedNode) -> Vec<Arc<Entry>> {
-        self.authorized(node).2
+    /// The entries `ids` if `node` may have SVIDs for every one of them (in request order), or
+    /// the first one it may not. Cost follows the entries asked about, not the agent's set.
+    pub fn authorized_for(
+        &self,
+        node: &AttestedNode,
+        ids: &[&str],
+    ) -> Result<Vec<Arc<Entry>>, String> {
+        let now = writ_core::now_unix();
+        let idx = self.index.read().unwrap_or_else(lock_poison);
+        let identities = idx.identities(node, now);
+        ids.iter()
+            .map(|id| {
+                idx.authorizes(&identities, id, now)
+                    .ok_or_else(|| (*id).to_owned())
+            })
+            .collect()
     }
 
     /// Under one index lock: the index revision, `node`'s identities and the entries it may
