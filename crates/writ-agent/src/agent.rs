@@ -472,12 +472,12 @@ impl AgentState {
                 if page.last {
                     let (_, map) = pending.take().unwrap_or_default();
                     let mut c = self.cache.write().unwrap_or_else(|p| p.into_inner());
-                    c.entries = map;
+                    c.replace_entries(map);
                     c.revision = page.revision;
                     c.synced = true;
                     c.prune();
                     tracing::info!(
-                        entries = c.entries.len(),
+                        entries = c.entries().len(),
                         revision = c.revision,
                         "entry snapshot received"
                     );
@@ -489,10 +489,10 @@ impl AgentState {
             Some(Event::Change(ch)) => {
                 let mut c = self.cache.write().unwrap_or_else(|p| p.into_inner());
                 for e in ch.upserts.iter().filter_map(conv) {
-                    c.entries.insert(e.id.clone(), e);
+                    c.upsert_entry(e);
                 }
                 for id in &ch.removed_ids {
-                    c.entries.remove(id);
+                    c.remove_entry(id);
                 }
                 c.revision = c.revision.max(ch.revision);
                 c.prune();
@@ -645,7 +645,7 @@ impl AgentState {
                     continue;
                 }
                 // Only keep it if the entry is still the one we asked for.
-                if c.entries.get(&e.id).map(|x| x.revision) != Some(e.revision) {
+                if c.entries().get(&e.id).map(|x| x.revision) != Some(e.revision) {
                     continue;
                 }
                 let life = (r.expires_at - now).max(1);

@@ -33,8 +33,16 @@ pub struct Cache {
     pub revision: u64,
     /// Whether a full snapshot has been received (resume is possible).
     pub synced: bool,
-    /// Entries by ID.
-    pub entries: HashMap<String, Entry>,
+    /// Entries by ID (changed only through the methods below, which keep the lookups in step).
+    entries: HashMap<String, Entry>,
+    /// Entry IDs by the entry's smallest selector: an entry can only match a workload that has
+    /// all its selectors, so looking up the workload's selectors finds every candidate, in time
+    /// that follows the workload's selectors and not the agent's entries.
+    by_selector: HashMap<Selector, HashSet<String>>,
+    /// Entries without selectors (candidates for every workload).
+    unselected: HashSet<String>,
+    /// How many entries have each SPIFFE ID (an entry parented to one is nested, not servable).
+    spiffe_ids: HashMap<SpiffeId, usize>,
     /// SVIDs by entry ID.
     pub svids: HashMap<String, CachedSvid>,
     /// Own trust domain bundle.
@@ -50,31 +58,102 @@ impl Cache {
             revision: 0,
             synced: false,
             entries: HashMap::new(),
+            by_selector: HashMap::new(),
+            unselected: HashSet::new(),
+            spiffe_ids: HashMap::new(),
             svids: HashMap::new(),
             own_bundle,
             federated: Vec::new(),
         }
     }
 
+    /// Entries by ID.
+    pub fn entries(&self) -> &HashMap<String, Entry> {
+        &self.entries
+    }
+
+    /// Replaces every entry (a snapshot).
+    pub fn replace_entries(&mut self, entries: HashMap<String, Entry>) {
+        self.entries.clear();
+        self.by_selector.clear();
+        self.unselected.clear();
+        self.spiffe_ids.clear();
+        for (_, e) in entries {
+            self.upsert_entry(e);
+        }
+    }
+
+    /// Adds or replaces one entry.
+    pub fn upsert_entry(&mut self, e: Entry) {
+        self.remove_entry(&e.id);
+        match e.selectors.iter().min() {
+            Some(s) => {
+                self.by_selector
+                    .entry(s.clone())
+                    .or_default()
+                    .insert(e.id.clone());
+            }
+            None => {
+                self.unselected.insert(e.id.clone());
+            }
+        }
+        *self.spiffe_ids.entry(e.spiffe_id.clone()).or_default() += 1;
+        self.entries.insert(e.id.clone(), e);
+    }
+
+    /// Removes one entry, if present.
+    pub fn remove_entry(&mut self, id: &str) {
+        let Some(e) = self.entries.remove(id) else {
+            return;
+        };
+        match e.selectors.iter().min() {
+            Some(s) => {
+                if let Some(set) = self.by_selector.get_mut(s) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_selector.remove(s);
+                    }
+                }
+            }
+            None => {
+                self.unselected.remove(id);
+            }
+        }
+        if let Some(n) = self.spiffe_ids.get_mut(&e.spiffe_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.spiffe_ids.remove(&e.spiffe_id);
+            }
+        }
+    }
+
+    fn is_servable(&self, e: &Entry, now: i64) -> bool {
+        !e.is_expired(now) && !self.spiffe_ids.contains_key(&e.parent_id)
+    }
+
     /// Entries served to workloads: those whose parent is not another entry in the set (entries
     /// nested under a workload entry are for a downstream agent running as that workload).
     pub fn servable(&self, now: i64) -> Vec<&Entry> {
-        let ids: HashSet<&SpiffeId> = self.entries.values().map(|e| &e.spiffe_id).collect();
         self.entries
             .values()
-            .filter(|e| !e.is_expired(now) && !ids.contains(&e.parent_id))
+            .filter(|e| self.is_servable(e, now))
             .collect()
     }
 
     /// The entries matching a workload's selectors, in a stable order (by SPIFFE ID, then ID):
     /// the first is the default identity.
     pub fn matching(&self, selectors: &[Selector], now: i64) -> Vec<&Entry> {
-        let mut m: Vec<&Entry> = self
-            .servable(now)
-            .into_iter()
-            .filter(|e| is_subset(&e.selectors, selectors))
+        let mut m: Vec<&Entry> = selectors
+            .iter()
+            .filter_map(|s| self.by_selector.get(s))
+            .flatten()
+            .chain(&self.unselected)
+            .filter_map(|id| self.entries.get(id))
+            .filter(|e| self.is_servable(e, now) && is_subset(&e.selectors, selectors))
             .collect();
         m.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then(a.id.cmp(&b.id)));
+        // A workload's selector list may repeat a selector.
+        m.dedup_by(|a, b| a.id == b.id);
         m
     }
 
@@ -92,5 +171,92 @@ impl Cache {
         self.federated
             .iter()
             .find(|b| b.trust_domain.as_str() == td)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use writ_core::TrustDomain;
+
+    fn entry(i: u64, spiffe: &str, parent: &str, sels: &[String]) -> Entry {
+        Entry {
+            id: format!("e{i}"),
+            spiffe_id: SpiffeId::parse(spiffe).unwrap(),
+            parent_id: SpiffeId::parse(parent).unwrap(),
+            selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec![],
+            hint: String::new(),
+            admin: false,
+            downstream: false,
+            federates_with: vec![],
+            expires_at: if i % 7 == 0 { Some(50) } else { None },
+            owner: String::new(),
+            purpose: String::new(),
+            created_at: 0,
+            revision: i,
+        }
+    }
+
+    /// The definition: servable entries all of whose selectors the workload has.
+    fn brute<'a>(c: &'a Cache, ws: &[Selector], now: i64) -> Vec<&'a str> {
+        let ids: HashSet<&SpiffeId> = c.entries.values().map(|e| &e.spiffe_id).collect();
+        let mut m: Vec<&Entry> = c
+            .entries
+            .values()
+            .filter(|e| !e.is_expired(now) && !ids.contains(&e.parent_id))
+            .filter(|e| is_subset(&e.selectors, ws))
+            .collect();
+        m.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then(a.id.cmp(&b.id)));
+        m.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn selector_lookup_agrees_with_the_definition() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let td = TrustDomain::new("td").unwrap();
+        let mut c = Cache::new(Bundle::new(td));
+        let pool: Vec<String> = (0..6).map(|i| format!("unix:uid:{i}")).collect();
+        for step in 0..3000u64 {
+            let i = rnd(60);
+            if rnd(4) == 0 {
+                c.remove_entry(&format!("e{i}"));
+            } else {
+                let sels: Vec<String> =
+                    (0..rnd(3)).map(|_| pool[rnd(6) as usize].clone()).collect();
+                let parent = if rnd(5) == 0 {
+                    format!("spiffe://td/w/{}", rnd(60))
+                } else {
+                    "spiffe://td/agent".to_owned()
+                };
+                c.upsert_entry(entry(
+                    i,
+                    &format!("spiffe://td/w/{}", rnd(60)),
+                    &parent,
+                    &sels,
+                ));
+            }
+            let ws: Vec<Selector> = (0..rnd(5))
+                .map(|_| Selector::parse(&pool[rnd(6) as usize]).unwrap())
+                .collect();
+            for now in [10, 100] {
+                let got: Vec<&str> = c.matching(&ws, now).iter().map(|e| e.id.as_str()).collect();
+                assert_eq!(got, brute(&c, &ws, now), "step {step}");
+            }
+        }
+        let all: HashMap<String, Entry> = c.entries.clone();
+        c.replace_entries(all.clone());
+        assert_eq!(c.entries, all);
+        c.replace_entries(HashMap::new());
+        assert!(c.by_selector.is_empty() && c.unselected.is_empty() && c.spiffe_ids.is_empty());
     }
 }

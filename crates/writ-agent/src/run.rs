@@ -67,7 +67,7 @@ impl AgentAdmin for Admin {
             entries_without_svid: without,
             agent_id,
             connected: self.state.connected.load(Ordering::Relaxed),
-            entries: c.entries.len() as u64,
+            entries: c.entries().len() as u64,
             svids: c.svids.len() as u64,
             agent_svid_expires_at: expires,
             revision: c.revision,
