@@ -208,7 +208,7 @@ pub async fn scale(sz: &Sizes) -> Vec<Row> {
         );
         let (srv, startup) = spawn_server(dir.path()).await;
         let rss_idle = rss_kib(srv.proc.0.id());
-        let ms = measured_sync(&srv, 5, sz.measured).await;
+        let ms = measured_sync(&srv, 15, sz.measured).await;
         sync_ms.push(ms);
         if total == sz.scale_total {
             rows.push(Row::new(
@@ -289,7 +289,7 @@ pub async fn scale(sz: &Sizes) -> Vec<Row> {
         Row::new(
             "scale",
             format!(
-                "initial sync of {} authorised entries with {} in total (ms, median of 5)",
+                "initial sync of {} authorised entries with {} in total (ms, median of 15)",
                 sz.measured, sz.scale_total
             ),
             format!("{:.1}", sync_ms[0]),
