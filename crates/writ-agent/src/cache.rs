@@ -183,21 +183,13 @@ mod tests {
     fn entry(i: u64, spiffe: &str, parent: &str, sels: &[String]) -> Entry {
         Entry {
             id: format!("e{i}"),
-            spiffe_id: SpiffeId::parse(spiffe).unwrap(),
-            parent_id: SpiffeId::parse(parent).unwrap(),
-            selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            hint: String::new(),
-            admin: false,
-            downstream: false,
-            federates_with: vec![],
             expires_at: if i % 7 == 0 { Some(50) } else { None },
-            owner: String::new(),
-            purpose: String::new(),
-            created_at: 0,
             revision: i,
+            ..Entry::new(
+                SpiffeId::parse(spiffe).unwrap(),
+                SpiffeId::parse(parent).unwrap(),
+                sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+            )
         }
     }
 

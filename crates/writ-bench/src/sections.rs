@@ -40,22 +40,14 @@ pub fn my_uid() -> u32 {
 
 pub fn entry(spiffe: &str, parent: &str, selector: &str, ttl: u64) -> Entry {
     Entry {
-        id: String::new(),
-        spiffe_id: SpiffeId::parse(spiffe).unwrap(),
-        parent_id: SpiffeId::parse(parent).unwrap(),
-        selectors: vec![Selector::parse(selector).unwrap()],
         x509_svid_ttl: ttl,
-        jwt_svid_ttl: 0,
-        dns_names: vec![],
-        hint: String::new(),
-        admin: false,
-        downstream: false,
-        federates_with: vec![],
-        expires_at: None,
         owner: "bench".into(),
         purpose: "benchmark".into(),
-        created_at: 0,
-        revision: 0,
+        ..Entry::new(
+            SpiffeId::parse(spiffe).unwrap(),
+            SpiffeId::parse(parent).unwrap(),
+            vec![Selector::parse(selector).unwrap()],
+        )
     }
 }
 

@@ -142,24 +142,8 @@ pub(crate) async fn entry(cmd: EntryCmd, output: Output) -> Result<(), CliError>
                 .spiffe_id
                 .clone()
                 .ok_or_else(|| CliError::Usage("entry create needs --spiffe-id".into()))?;
-            let mut e = Entry {
-                id: String::new(),
-                parent_id: spiffe_id.clone(),
-                spiffe_id,
-                selectors: Vec::new(),
-                x509_svid_ttl: 0,
-                jwt_svid_ttl: 0,
-                dns_names: Vec::new(),
-                hint: String::new(),
-                admin: false,
-                downstream: false,
-                federates_with: Vec::new(),
-                expires_at: None,
-                owner: String::new(),
-                purpose: String::new(),
-                created_at: 0,
-                revision: 0,
-            };
+            // The parent is a placeholder: apply_fields sets it from --parent-id or --node.
+            let mut e = Entry::new(spiffe_id.clone(), spiffe_id, Vec::new());
             apply_fields(&mut e, fields, true)?;
             let mut c = connect(&socket.socket).await?;
             let created = pb_entry(

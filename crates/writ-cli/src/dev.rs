@@ -76,22 +76,13 @@ pub(crate) async fn run(dir: &Path) -> Result<(), CliError> {
     let user = user_segment(uid);
     let user_id = td.id(&format!("/user/{user}")).map_err(fail)?;
     let entry = Entry {
-        id: String::new(),
-        spiffe_id: user_id.clone(),
-        parent_id: node_alias.clone(),
-        selectors: vec![Selector::new("unix", &format!("uid:{uid}")).map_err(fail)?],
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        dns_names: Vec::new(),
-        hint: String::new(),
-        admin: false,
-        downstream: false,
-        federates_with: Vec::new(),
-        expires_at: None,
         owner: user.clone(),
         purpose: "writ dev: the invoking user".into(),
-        created_at: 0,
-        revision: 0,
+        ..Entry::new(
+            user_id.clone(),
+            node_alias.clone(),
+            vec![Selector::new("unix", &format!("uid:{uid}")).map_err(fail)?],
+        )
     };
     match server.state.create_entry(entry).await {
         Ok(_) => {}

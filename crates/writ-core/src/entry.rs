@@ -123,6 +123,29 @@ pub enum EntryError {
 const MAX_TTL: u64 = 10 * 365 * 86_400;
 
 impl Entry {
+    /// An entry granting `spiffe_id` to `parent_id` for callers with `selectors`; everything
+    /// else empty or the server default (no ID yet: the store assigns one).
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<Selector>) -> Self {
+        Entry {
+            id: String::new(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: Vec::new(),
+            hint: String::new(),
+            admin: false,
+            downstream: false,
+            federates_with: Vec::new(),
+            expires_at: None,
+            owner: String::new(),
+            purpose: String::new(),
+            created_at: 0,
+            revision: 0,
+        }
+    }
+
     /// Whether this is a node alias entry (parented to the server).
     pub fn is_node_alias(&self) -> bool {
         self.parent_id.path() == "/writ/server"

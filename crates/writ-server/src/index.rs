@@ -253,21 +253,12 @@ mod tests {
     fn entry(eid: &str, spiffe: &str, parent: &str, sels: &[&str]) -> Entry {
         Entry {
             id: eid.into(),
-            spiffe_id: id(spiffe),
-            parent_id: id(parent),
-            selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            hint: String::new(),
-            admin: false,
-            downstream: false,
-            federates_with: vec![],
-            expires_at: None,
-            owner: String::new(),
-            purpose: String::new(),
-            created_at: 0,
             revision: 1,
+            ..Entry::new(
+                id(spiffe),
+                id(parent),
+                sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+            )
         }
     }
 

@@ -21,24 +21,11 @@ use writ_store::{SledStore, Store};
 const CHILD_ENV: &str = "WRIT_CRASH_CHILD_DIR";
 
 fn entry(n: u64) -> Entry {
-    Entry {
-        id: String::new(),
-        spiffe_id: SpiffeId::parse(&format!("spiffe://td/w/{n}")).unwrap(),
-        parent_id: SpiffeId::parse("spiffe://td/writ/agent/x").unwrap(),
-        selectors: vec![Selector::parse(&format!("unix:uid:{n}")).unwrap()],
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        dns_names: vec![],
-        hint: String::new(),
-        admin: false,
-        downstream: false,
-        federates_with: vec![],
-        expires_at: None,
-        owner: String::new(),
-        purpose: String::new(),
-        created_at: 0,
-        revision: 0,
-    }
+    Entry::new(
+        SpiffeId::parse(&format!("spiffe://td/w/{n}")).unwrap(),
+        SpiffeId::parse("spiffe://td/writ/agent/x").unwrap(),
+        vec![Selector::parse(&format!("unix:uid:{n}")).unwrap()],
+    )
 }
 
 /// The writer. Does nothing unless started by `acknowledged_writes_survive_sigkill`.

@@ -16,22 +16,13 @@ fn id(s: &str) -> SpiffeId {
 
 fn entry(spiffe: &str, parent: &str, sels: &[&str]) -> Entry {
     Entry {
-        id: String::new(),
-        spiffe_id: id(spiffe),
-        parent_id: id(parent),
-        selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        dns_names: vec![],
-        hint: String::new(),
-        admin: false,
-        downstream: false,
-        federates_with: vec![],
-        expires_at: None,
         owner: "team".into(),
         purpose: "test".into(),
-        created_at: 0,
-        revision: 0,
+        ..Entry::new(
+            id(spiffe),
+            id(parent),
+            sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+        )
     }
 }
 
