@@ -15,40 +15,48 @@ use std::sync::OnceLock;
 
 /// Why a header block could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum HpackError {
+pub enum HpackError {
+    /// The block ends in the middle of a field.
     #[error("header block ends in the middle of a field")]
     Truncated,
+    /// An integer needs more than four continuation bytes.
     #[error("integer too large")]
     IntegerOverflow,
+    /// Index 0, or past the end of the static and dynamic tables.
     #[error("table index {0} out of range")]
     BadIndex(usize),
+    /// EOS inside a string, or bad padding.
     #[error("invalid Huffman string")]
     BadHuffman,
+    /// A table size update above 4096, or after the block's first field.
     #[error("dynamic table size update above the allowed maximum, or after a field")]
     BadSizeUpdate,
+    /// The decoded list exceeds [`MAX_LIST`].
     #[error("decoded header list larger than {MAX_LIST} bytes")]
     TooLarge,
 }
 
 /// The largest decoded header list accepted (names, values and 32 bytes a field, as RFC 7540
 /// counts them). A Workload API request is a few hundred bytes.
-pub(crate) const MAX_LIST: usize = 256 * 1024;
+pub const MAX_LIST: usize = 256 * 1024;
 
 /// SETTINGS_HEADER_TABLE_SIZE's default; the Workload API server never raises it.
 const TABLE_SIZE: usize = 4096;
 
 /// One decoded header field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Field {
-    pub(crate) name: Vec<u8>,
-    pub(crate) value: Vec<u8>,
+pub struct Field {
+    /// The name, as sent (lower case for HTTP/2).
+    pub name: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
     /// Sent as "never indexed" (RFC 7541 6.2.3): must stay a literal if forwarded.
-    pub(crate) sensitive: bool,
+    pub sensitive: bool,
 }
 
 /// A decoder following one connection's encoder (its dynamic table lives across blocks).
 #[derive(Debug)]
-pub(crate) struct Decoder {
+pub struct Decoder {
     table: VecDeque<(Vec<u8>, Vec<u8>)>,
     size: usize,
     max_size: usize,
@@ -66,7 +74,7 @@ impl Default for Decoder {
 
 impl Decoder {
     /// Decodes one complete header block.
-    pub(crate) fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, HpackError> {
+    pub fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, HpackError> {
         let mut r = Reader { buf: block, pos: 0 };
         let mut fields = Vec::new();
         let mut list_size = 0usize;
@@ -275,7 +283,7 @@ fn canonical() -> &'static Canonical {
 
 /// Decodes a Huffman-coded string (RFC 7541 5.2): EOS inside the string, padding longer than
 /// 7 bits, or padding that is not all ones are errors.
-pub(crate) fn huffman_decode(raw: &[u8]) -> Result<Vec<u8>, HpackError> {
+pub fn huffman_decode(raw: &[u8]) -> Result<Vec<u8>, HpackError> {
     let t = canonical();
     let mut out = Vec::with_capacity(raw.len() * 8 / 5);
     let (mut code, mut len, mut ones) = (0u32, 0usize, true);

@@ -21,7 +21,7 @@ pub mod attestor;
 pub mod authority;
 pub mod cache;
 pub mod config;
-mod hpack;
+pub mod hpack;
 pub mod node_client;
 pub mod persist;
 pub mod run;
