@@ -204,11 +204,7 @@ impl AuthorityFix {
             } else {
                 &f.value
             };
-            // Literal header field without indexing (RFC 7541 6.2.2), or never indexed (6.2.3)
-            // when the client asked for that; new name, no Huffman.
-            block.push(if f.sensitive { 0x10 } else { 0x00 });
-            encode_string(&mut block, &f.name);
-            encode_string(&mut block, value);
+            crate::hpack::encode_literal(&mut block, &f.name, value, f.sensitive);
         }
         let mut first = Vec::new();
         if let Some(pr) = p.priority {
@@ -240,23 +236,6 @@ impl AuthorityFix {
         self.out.extend_from_slice(&stream_id.to_be_bytes());
         self.out.extend_from_slice(payload);
     }
-}
-
-/// An HPACK string literal without Huffman coding: 7-bit-prefix length, then the bytes.
-fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
-    let mut n = s.len();
-    if n < 127 {
-        out.push(n as u8);
-    } else {
-        out.push(127);
-        n -= 127;
-        while n >= 128 {
-            out.push((n % 128 + 128) as u8);
-            n /= 128;
-        }
-        out.push(n as u8);
-    }
-    out.extend_from_slice(s);
 }
 
 impl AsyncRead for AuthorityFix {
@@ -467,13 +446,5 @@ mod tests {
             &[0xff, 0xff, 0xff],
         ));
         assert_eq!(through(input.clone()).await, input);
-    }
-
-    #[test]
-    fn long_strings_use_multi_byte_lengths() {
-        let mut out = Vec::new();
-        encode_string(&mut out, &[b'a'; 300]);
-        assert_eq!(&out[..3], &[127, 173, 1]);
-        assert_eq!(out.len(), 303);
     }
 }

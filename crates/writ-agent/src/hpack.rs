@@ -225,6 +225,32 @@ impl Reader<'_> {
     }
 }
 
+/// Appends one field as a literal with a new name and no Huffman coding, never touching the
+/// decoder's dynamic table: "without indexing" (RFC 7541 6.2.2), or "never indexed" (6.2.3)
+/// for a field the sender marked sensitive.
+pub fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8], sensitive: bool) {
+    out.push(if sensitive { 0x10 } else { 0x00 });
+    encode_string(out, name);
+    encode_string(out, value);
+}
+
+/// A string literal without Huffman coding: 7-bit-prefix length (RFC 7541 5.1), then the bytes.
+fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
+    let mut n = s.len();
+    if n < 127 {
+        out.push(n as u8);
+    } else {
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128 + 128) as u8);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+    out.extend_from_slice(s);
+}
+
 /// Code lengths of the HPACK Huffman code for symbols 0..=255 and EOS (256), RFC 7541
 /// Appendix B. The code is canonical: codes are assigned in order of (length, symbol).
 const CODE_LENGTHS: [u8; 257] = [
@@ -527,6 +553,20 @@ mod tests {
     }
 
     #[test]
+    fn literals_round_trip_with_multi_byte_lengths() {
+        let mut out = Vec::new();
+        encode_string(&mut out, &[b'a'; 300]);
+        assert_eq!(&out[..3], &[127, 173, 1]);
+        assert_eq!(out.len(), 303);
+        let mut block = Vec::new();
+        encode_literal(&mut block, b"x-long", &[b'a'; 300], false);
+        encode_literal(&mut block, b"authorization", b"secret", true);
+        let fields = Decoder::default().decode(&block).unwrap();
+        assert_eq!(fields[0].value, [b'a'; 300]);
+        assert!(!fields[0].sensitive && fields[1].sensitive);
+    }
+
+    #[test]
     fn eviction_and_size_updates() {
         let mut d = Decoder::default();
         // Size update to 0 empties the table; then an insert is dropped at once.
@@ -555,14 +595,8 @@ mod tests {
         assert_eq!(d.decode(&[0x00, 0x05, b'a']), Err(HpackError::Truncated));
         assert_eq!(d.decode(&[0x00, 0x7f]), Err(HpackError::Truncated));
         // A 4000-byte entry referenced many times: the decoded list is capped.
-        let mut block = vec![0x40, 0x01, b'x', 0x7f];
-        let mut n = 4000 - 127;
-        while n >= 128 {
-            block.push((n % 128 + 128) as u8);
-            n /= 128;
-        }
-        block.push(n as u8);
-        block.extend(std::iter::repeat_n(b'v', 4000));
+        let mut block = vec![0x40, 0x01, b'x'];
+        encode_string(&mut block, &[b'v'; 4000]);
         block.extend(std::iter::repeat_n(0xbe, 100));
         assert_eq!(d.decode(&block), Err(HpackError::TooLarge));
         // Random bytes never panic.

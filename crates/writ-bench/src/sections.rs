@@ -391,8 +391,14 @@ async fn bare_call(path: &Path) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-async fn fetch_call(endpoint: &str) -> f64 {
-    let t = Instant::now();
+/// A new Workload API connection with its FetchX509SVID stream, after the first answer.
+async fn open_x509_stream(
+    endpoint: &str,
+) -> (
+    writ_agent::workload_client::WorkloadClient,
+    tonic::Streaming<wl::X509svidResponse>,
+    wl::X509svidResponse,
+) {
     let mut c = writ_agent::workload_client::connect(Some(endpoint))
         .await
         .unwrap();
@@ -401,7 +407,13 @@ async fn fetch_call(endpoint: &str) -> f64 {
         .await
         .unwrap()
         .into_inner();
-    let m = st.message().await.unwrap().unwrap();
+    let first = st.message().await.unwrap().unwrap();
+    (c, st, first)
+}
+
+async fn fetch_call(endpoint: &str) -> f64 {
+    let t = Instant::now();
+    let (_, _, m) = open_x509_stream(endpoint).await;
     assert!(!m.svids.is_empty());
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -472,15 +484,7 @@ pub async fn latency(sz: &Sizes) -> Vec<Row> {
     // Now with many streaming workloads connected.
     let mut held = Vec::new();
     for _ in 0..sz.concurrent {
-        let mut c = writ_agent::workload_client::connect(Some(&endpoint))
-            .await
-            .unwrap();
-        let mut st = c
-            .fetch_x509svid(wl::X509svidRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        st.message().await.unwrap().unwrap();
+        let (c, st, _) = open_x509_stream(&endpoint).await;
         held.push((c, st));
     }
     let (g50, g99, c50, c99) = measure(sz.lat_iters).await;
@@ -574,15 +578,7 @@ pub async fn propagation(sz: &Sizes) -> Vec<Row> {
     wait_svids(&a, 1).await;
     let ep_a = format!("unix://{}", a.state.cfg.socket_path.display());
     let ep_b = format!("unix://{}", b.state.cfg.socket_path.display());
-    let mut ca = writ_agent::workload_client::connect(Some(&ep_a))
-        .await
-        .unwrap();
-    let mut s1 = ca
-        .fetch_x509svid(wl::X509svidRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    s1.message().await.unwrap().unwrap();
+    let (_ca, mut s1, _) = open_x509_stream(&ep_a).await;
     let (mut create_ms, mut delete_ms) = (Vec::new(), Vec::new());
     for i in 0..sz.trials {
         // Create on A: time from the admin call returning to the stream carrying the new SVID.
