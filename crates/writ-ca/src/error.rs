@@ -64,6 +64,9 @@ pub enum CaError {
     /// The rotation journal references a key that is gone.
     #[error("journal references key `{0}` which the key manager does not have")]
     MissingKey(String),
+    /// The rotation journal could not be made durable; the step that produced it is not used.
+    #[error("cannot persist the CA journal: {0}")]
+    Persist(String),
     /// Bundle conversion failed.
     #[error(transparent)]
     Bundle(#[from] writ_core::BundleError),

@@ -5,6 +5,13 @@
 //! every HMAC algorithm and anything not in the SPIFFE list; it needs `exp` (in the future), an
 //! `aud` containing the validator's audience, and a signature by a key of the subject's trust
 //! domain bundle, found by `kid`.
+//!
+//! Claims are read strictly: `aud` is a non-empty string or an array of non-empty strings (any
+//! other member refuses the whole token, never a partial match); `exp`, `nbf` and `iat` are JSON
+//! numbers when present. Clocks of the signer and validator may differ by up to
+//! [`LEEWAY_SECS`]: a token stays valid that long after `exp`, is accepted that long before
+//! `nbf`, and may carry an `iat` up to that far in the future (a later `iat` is refused: the token
+//! was minted by a clock too far ahead, or forged to outlive its issuer's rotation).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -18,6 +25,9 @@ use crate::keys::{KeyType, PrivateKey};
 
 /// Largest token accepted for validation, in bytes.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Clock skew tolerated between signer and validator, in seconds, for `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECS: i64 = 30;
 
 /// A JWT signing key with its `kid`.
 pub struct JwtSigner {
@@ -145,18 +155,32 @@ pub enum JwtError {
     /// The signature does not verify.
     #[error("signature does not verify")]
     BadSignature,
-    /// `exp` missing or not a number.
+    /// `exp` missing.
     #[error("`exp` claim is missing")]
     MissingExp,
-    /// `exp` in the past.
+    /// `exp`, `nbf` or `iat` present but not a JSON number.
+    #[error("`{claim}` claim `{value}` is not a number")]
+    BadTimeClaim {
+        /// Which claim.
+        claim: &'static str,
+        /// Its JSON value.
+        value: String,
+    },
+    /// `exp` in the past (beyond [`LEEWAY_SECS`]).
     #[error("token expired at {0}")]
     Expired(i64),
-    /// `nbf` in the future.
+    /// `nbf` in the future (beyond [`LEEWAY_SECS`]).
     #[error("token is not valid before {0}")]
     NotYetValid(i64),
+    /// `iat` in the future (beyond [`LEEWAY_SECS`]).
+    #[error("token issued at {0}, in the future")]
+    IssuedInFuture(i64),
     /// `aud` missing or empty.
     #[error("`aud` claim is missing or empty")]
     MissingAudience,
+    /// `aud` (or one of its members) is not a non-empty string.
+    #[error("`aud` value `{0}` is not a non-empty string")]
+    BadAudience(String),
     /// `aud` lacks the validator's audience.
     #[error("audience `{0}` is not in the token's `aud`")]
     WrongAudience(String),
@@ -260,26 +284,8 @@ pub fn validate(
         &sig,
     )?;
 
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .ok_or(JwtError::MissingExp)? as i64;
-    if exp <= now {
-        return Err(JwtError::Expired(exp));
-    }
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
-        if nbf as i64 > now {
-            return Err(JwtError::NotYetValid(nbf as i64));
-        }
-    }
-    let auds: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(a)) => vec![a.as_str()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    };
-    if auds.is_empty() || auds.iter().any(|a| a.is_empty()) {
-        return Err(JwtError::MissingAudience);
-    }
+    check_times(&claims, now)?;
+    let auds = audiences(&claims)?;
     if !auds.contains(&audience) {
         return Err(JwtError::WrongAudience(audience.to_owned()));
     }
@@ -287,6 +293,59 @@ pub fn validate(
         spiffe_id: sub,
         claims,
     })
+}
+
+/// A NumericDate claim: `None` when absent, refused when not a JSON number. Fractions are
+/// allowed (RFC 7519) and rounded down; out-of-range values saturate.
+fn time_claim(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<i64>, JwtError> {
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(t) => Ok(Some(t.floor() as i64)),
+            None => Err(JwtError::BadTimeClaim {
+                claim,
+                value: v.to_string(),
+            }),
+        },
+    }
+}
+
+/// `exp` (required), `nbf` and `iat` against `now`, each with [`LEEWAY_SECS`] of skew.
+fn check_times(claims: &Map<String, Value>, now: i64) -> Result<(), JwtError> {
+    let exp = time_claim(claims, "exp")?.ok_or(JwtError::MissingExp)?;
+    let nbf = time_claim(claims, "nbf")?;
+    let iat = time_claim(claims, "iat")?;
+    if exp <= now.saturating_sub(LEEWAY_SECS) {
+        return Err(JwtError::Expired(exp));
+    }
+    if let Some(nbf) = nbf {
+        if nbf > now.saturating_add(LEEWAY_SECS) {
+            return Err(JwtError::NotYetValid(nbf));
+        }
+    }
+    if let Some(iat) = iat {
+        if iat > now.saturating_add(LEEWAY_SECS) {
+            return Err(JwtError::IssuedInFuture(iat));
+        }
+    }
+    Ok(())
+}
+
+/// The `aud` values: a non-empty string, or a non-empty array of non-empty strings. Anything
+/// else refuses the token (a member of another type is never skipped).
+fn audiences(claims: &Map<String, Value>) -> Result<Vec<&str>, JwtError> {
+    fn member(v: &Value) -> Result<&str, JwtError> {
+        match v {
+            Value::String(a) if !a.is_empty() => Ok(a.as_str()),
+            other => Err(JwtError::BadAudience(other.to_string())),
+        }
+    }
+    match claims.get("aud") {
+        None => Err(JwtError::MissingAudience),
+        Some(Value::Array(a)) if a.is_empty() => Err(JwtError::MissingAudience),
+        Some(Value::Array(a)) => a.iter().map(member).collect(),
+        Some(v) => Ok(vec![member(v)?]),
+    }
 }
 
 fn verify_sig(

@@ -284,19 +284,26 @@ fn io_err(path: &Path, source: std::io::Error) -> CaError {
 
 /// Writes `data` to `path` atomically with the given mode: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use ring::rand::SecureRandom;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // An unpredictable name, created exclusively (O_CREAT|O_EXCL, which also refuses a symlink
+    // in its place): someone who can write to the directory cannot pre-create or plant a link
+    // at the temporary path and have the key written through it.
+    let mut rnd = [0u8; 12];
+    SystemRandom::new()
+        .fill(&mut rnd)
+        .map_err(|_| std::io::Error::other("random number generator failed"))?;
+    let tmp = dir.join(format!(".{name}.tmp.{}", hex::encode(rnd)));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
         // The mode given to open() is filtered by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;

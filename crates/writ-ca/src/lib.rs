@@ -29,16 +29,19 @@
 //! it signs anything; the CA's own key is never certified as a leaf; CSR signatures are verified
 //! before their key is used.
 
+pub mod crl;
 pub mod error;
 pub mod jwt;
 pub mod keys;
 pub mod rotation;
+pub mod ssh;
 pub mod svid;
 pub mod x509;
 
+pub use crl::{Reason, Revoked};
 pub use error::CaError;
 pub use jwt::{JwtError, JwtSigner, ValidatedJwt};
 pub use keys::{DiskKeyManager, KeyManager, KeyType, MemoryKeyManager, PrivateKey};
-pub use rotation::{CaConfig, CaJournal, CaManager, SlotState};
+pub use rotation::{CaConfig, CaJournal, CaManager, PersistJournal, SlotState};
 pub use svid::{verify_x509_svid, SvidError};
-pub use x509::{MintedSvid, SvidRequest, UpstreamAuthority, X509Authority};
+pub use x509::{DiskUpstreamAuthority, MintedSvid, SvidRequest, UpstreamAuthority, X509Authority};

@@ -8,9 +8,15 @@
 //! - when nothing valid is active (first start, or a server that was down past an expiry) a new
 //!   authority is made active at once.
 //!
-//! The journal is plain data (serde): the server persists it in its store after every change and
-//! hands it back on start, so a restart resumes the same rotation. Keys live in the
-//! [`KeyManager`], under the journal's key IDs.
+//! The journal is plain data (serde): the server persists it in its store and hands it back on
+//! start, so a restart resumes the same rotation. Keys live in the [`KeyManager`], under the
+//! journal's key IDs.
+//!
+//! Durability invariant: a new journal is persisted (through the caller's `persist` hook)
+//! *before* any authority it introduces can sign, and the keys it drops are destroyed only
+//! *after* that. New keys are written durably by the key manager when they are made. So a crash
+//! at any point leaves a persisted journal that names every authority that ever signed, with its
+//! key; a failed persist leaves the manager on its previous journal and signers.
 
 use std::sync::Arc;
 
@@ -101,7 +107,7 @@ pub struct CaConfig {
 pub struct CaManager {
     config: CaConfig,
     keys: Arc<dyn KeyManager>,
-    upstream: Option<UpstreamAuthority>,
+    upstream: Option<Arc<dyn UpstreamAuthority>>,
     journal: CaJournal,
     x509_active: Arc<X509Authority>,
     jwt_active: Arc<JwtSigner>,
@@ -144,19 +150,20 @@ impl_slot!(X509Slot);
 impl_slot!(JwtSlot);
 
 /// What one rotation step does to a slot list; `make` creates a new slot in a given state.
-/// Returns whether anything changed.
+/// Returns whether anything changed. The keys of expired slots are added to `dropped`, to be
+/// destroyed once the journal without them is persisted.
 fn rotate<S: Slot>(
     slots: &mut Vec<S>,
     now: i64,
-    keys: &dyn KeyManager,
+    dropped: &mut Vec<String>,
     mut make: impl FnMut(SlotState) -> Result<S, CaError>,
 ) -> Result<bool, CaError> {
     let mut changed = false;
-    // Expired authorities leave the bundle and their keys are destroyed.
+    // Expired authorities leave the bundle; their keys go after the journal is persisted.
     let (expired, kept): (Vec<S>, Vec<S>) = slots.drain(..).partition(|s| s.window().1 <= now);
     *slots = kept;
     for s in expired {
-        keys.delete(s.key_id())?;
+        dropped.push(s.key_id().to_owned());
         changed = true;
     }
     let active = slots.iter().position(|s| s.state() == SlotState::Active);
@@ -185,25 +192,35 @@ fn rotate<S: Slot>(
     Ok(changed)
 }
 
+/// Makes a journal durable (the server writes it to its store and flushes). Called with the
+/// new journal before any authority it introduces is used.
+pub type PersistJournal<'a> = &'a mut dyn FnMut(&CaJournal) -> Result<(), CaError>;
+
 impl CaManager {
     /// Opens the manager from a persisted journal (or `None` on first start) and runs one
-    /// rotation step at `now`. Persist [`CaManager::journal`] afterwards.
+    /// rotation step at `now`. When the step changed the journal (first start, or a server that
+    /// was down past an expiry), `persist` is called with it before the manager is returned.
     pub fn open(
         config: CaConfig,
         keys: Arc<dyn KeyManager>,
-        upstream: Option<UpstreamAuthority>,
+        upstream: Option<Arc<dyn UpstreamAuthority>>,
         journal: Option<CaJournal>,
         now: i64,
+        persist: PersistJournal<'_>,
     ) -> Result<Self, CaError> {
         let mut journal = journal.unwrap_or_default();
         // Make sure there is something active before building the signers.
         let mut tmp = CaManagerParts {
             config: &config,
             keys: keys.as_ref(),
-            upstream: upstream.as_ref(),
+            upstream: upstream.as_deref(),
         };
-        tmp.step(&mut journal, now)?;
+        let mut dropped = Vec::new();
+        if tmp.step(&mut journal, now, &mut dropped)? {
+            persist(&journal)?;
+        }
         let (x509_active, jwt_active) = tmp.load_active(&journal)?;
+        destroy_keys(keys.as_ref(), &dropped);
         Ok(CaManager {
             config,
             keys,
@@ -214,22 +231,29 @@ impl CaManager {
         })
     }
 
-    /// Runs one rotation step. Returns true when the journal (and so the bundle) changed; the
-    /// caller then persists the journal and publishes the new bundle.
-    pub fn tick(&mut self, now: i64) -> Result<bool, CaError> {
+    /// Runs one rotation step. When the journal changed, `persist` makes the new journal
+    /// durable *before* the manager switches to it: a new authority (for instance one made
+    /// active at once because nothing valid was active) cannot sign anything that a crash right
+    /// after could orphan. If `persist` fails the manager keeps its previous journal and
+    /// signers, and the error is returned. Returns true when the journal (and so the bundle)
+    /// changed; the caller then publishes the new bundle.
+    pub fn tick(&mut self, now: i64, persist: PersistJournal<'_>) -> Result<bool, CaError> {
         let mut journal = self.journal.clone();
         let mut parts = CaManagerParts {
             config: &self.config,
             keys: self.keys.as_ref(),
-            upstream: self.upstream.as_ref(),
+            upstream: self.upstream.as_deref(),
         };
-        if !parts.step(&mut journal, now)? {
+        let mut dropped = Vec::new();
+        if !parts.step(&mut journal, now, &mut dropped)? {
             return Ok(false);
         }
         let (x, j) = parts.load_active(&journal)?;
+        persist(&journal)?;
         self.journal = journal;
         self.x509_active = x;
         self.jwt_active = j;
+        destroy_keys(self.keys.as_ref(), &dropped);
         Ok(true)
     }
 
@@ -313,29 +337,40 @@ impl CaManager {
     }
 }
 
+/// Destroys the keys of authorities a persisted journal no longer names. A failure leaves a
+/// stray key file, which is logged and otherwise harmless.
+fn destroy_keys(keys: &dyn KeyManager, ids: &[String]) {
+    for id in ids {
+        if let Err(e) = keys.delete(id) {
+            tracing::warn!(key = %id, error = %e, "cannot destroy the key of an expired authority");
+        }
+    }
+}
+
 struct CaManagerParts<'a> {
     config: &'a CaConfig,
     keys: &'a dyn KeyManager,
-    upstream: Option<&'a UpstreamAuthority>,
+    upstream: Option<&'a dyn UpstreamAuthority>,
 }
 
 impl CaManagerParts<'_> {
-    fn step(&mut self, journal: &mut CaJournal, now: i64) -> Result<bool, CaError> {
+    fn step(
+        &mut self,
+        journal: &mut CaJournal,
+        now: i64,
+        dropped: &mut Vec<String>,
+    ) -> Result<bool, CaError> {
         let cfg = self.config;
         let keys = self.keys;
         let upstream = self.upstream;
         let mut next_key = journal.next_key;
-        let x = rotate(&mut journal.x509, now, keys, |state| {
+        let x = rotate(&mut journal.x509, now, dropped, |state| {
             next_key += 1;
             let key_id = format!("x509-ca-{next_key}");
             let key = keys.generate(&key_id, cfg.key_type)?;
             let (cert_der, upstream_chain) =
                 build_ca_cert(&cfg.trust_domain, &key, cfg.ca_ttl_secs, now, upstream)?;
-            let c = crate::x509::parse_cert(&cert_der)?;
-            let (nb, na) = (
-                c.validity().not_before.timestamp(),
-                c.validity().not_after.timestamp(),
-            );
+            let (nb, na) = crate::x509::validity(&crate::x509::parse_cert(&cert_der)?);
             Ok(X509Slot {
                 key_id,
                 state,
@@ -346,7 +381,7 @@ impl CaManagerParts<'_> {
             })
         })?;
         let rng = SystemRandom::new();
-        let j = rotate(&mut journal.jwt, now, keys, |state| {
+        let j = rotate(&mut journal.jwt, now, dropped, |state| {
             next_key += 1;
             let key_id = format!("jwt-{next_key}");
             let key = keys.generate(&key_id, cfg.key_type)?;

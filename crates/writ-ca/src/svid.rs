@@ -10,7 +10,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use writ_core::{Bundle, SpiffeId};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
-use crate::x509::parse_cert;
+use crate::x509::{parse_cert, serial_hex, validity};
 
 /// Why an X509-SVID is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,8 +88,28 @@ pub fn verify_x509_svid(
     Ok(id)
 }
 
+/// What a leaf X509-SVID says, read in one parse: see [`parse_leaf`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSvid {
+    /// The SPIFFE ID (the one URI SAN).
+    pub spiffe_id: SpiffeId,
+    /// Serial number, lowercase hex of its DER bytes (as [`crate::MintedSvid::serial_hex`]).
+    pub serial_hex: String,
+    /// NotBefore (unix seconds).
+    pub not_before: i64,
+    /// NotAfter (unix seconds).
+    pub not_after: i64,
+}
+
 /// Checks the SPIFFE rules on a leaf certificate and returns its SPIFFE ID.
 pub fn check_leaf(der: &[u8]) -> Result<SpiffeId, SvidError> {
+    parse_leaf(der).map(|l| l.spiffe_id)
+}
+
+/// Checks the SPIFFE rules on a leaf certificate (one URI SAN holding a SPIFFE ID with a path,
+/// cA=false, keyUsage with digitalSignature and without keyCertSign or cRLSign) and returns
+/// what it says, parsing it once. Path validation is not done here ([`verify_x509_svid`]).
+pub fn parse_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
     let cert = parse_cert(der).map_err(|e| SvidError::Malformed(e.to_string()))?;
     let mut uris = Vec::new();
     let mut key_usage = None;
@@ -122,5 +142,11 @@ pub fn check_leaf(der: &[u8]) -> Result<SpiffeId, SvidError> {
             "keyCertSign or cRLSign set on a leaf",
         ));
     }
-    Ok(id)
+    let (not_before, not_after) = validity(&cert);
+    Ok(LeafSvid {
+        spiffe_id: id,
+        serial_hex: serial_hex(&cert),
+        not_before,
+        not_after,
+    })
 }

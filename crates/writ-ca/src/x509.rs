@@ -10,8 +10,9 @@
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::CertificateDer;
@@ -26,17 +27,37 @@ use crate::keys::PrivateKey;
 /// How far NotBefore is set in the past, for clocks that run a little behind.
 pub const BACKDATE_SECS: i64 = 10;
 
-/// An operator CA that writ's CA is an intermediate under (the "disk" upstream authority).
-pub struct UpstreamAuthority {
+/// An authority above writ's CA: the plug point behind the server's
+/// `[upstream_authority.<name>]` tables. It signs each CA certificate writ makes (so writ's CA
+/// is an intermediate under it) and names the roots relying parties trust.
+pub trait UpstreamAuthority: Send + Sync {
+    /// Signs writ's CA certificate `params` for the key `subject`, lowering NotAfter to its own
+    /// if needed (an intermediate never outlives its issuer). Returns the certificate (DER) and
+    /// the certificates between it and a published root, upper ones last (empty when the
+    /// issuer is itself a published root).
+    fn sign_ca(
+        &self,
+        params: CertificateParams,
+        subject: &rcgen::KeyPair,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), CaError>;
+
+    /// The roots to publish in the trust bundle.
+    fn bundle(&self) -> &[Vec<u8>];
+}
+
+/// An operator CA read from files (the `disk` upstream authority).
+pub struct DiskUpstreamAuthority {
     cert_der: Vec<u8>,
     /// Certificates between the upstream CA and the root (from the cert file, after the first).
     chain: Vec<Vec<u8>>,
     key: PrivateKey,
     /// Roots published in the trust bundle.
     bundle: Vec<Vec<u8>>,
+    /// The upstream CA's own NotAfter.
+    not_after: i64,
 }
 
-impl UpstreamAuthority {
+impl DiskUpstreamAuthority {
     /// Reads the upstream CA from PEM files. `cert` holds the upstream CA certificate first and
     /// optionally its chain; `bundle` holds the roots to publish (default: the last certificate of
     /// `cert`, which is then a root).
@@ -80,17 +101,39 @@ impl UpstreamAuthority {
                 "upstream key does not match its certificate".into(),
             ));
         }
+        let not_after = validity(&parsed).1;
         let chain = certs.filter(|c| !bundle.contains(c)).collect();
-        Ok(UpstreamAuthority {
+        Ok(DiskUpstreamAuthority {
             cert_der,
             chain,
             key,
             bundle,
+            not_after,
         })
     }
+}
 
-    /// The roots to put in the trust bundle.
-    pub fn bundle(&self) -> &[Vec<u8>] {
+impl UpstreamAuthority for DiskUpstreamAuthority {
+    fn sign_ca(
+        &self,
+        mut params: CertificateParams,
+        subject: &rcgen::KeyPair,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), CaError> {
+        params.not_after = params.not_after.min(ts(self.not_after)?);
+        let issuer = Issuer::from_ca_cert_der(
+            &CertificateDer::from(self.cert_der.as_slice()),
+            self.key.rcgen_key_pair()?,
+        )?;
+        let cert = params.signed_by(subject, &issuer)?;
+        let mut chain = Vec::new();
+        if !self.bundle.contains(&self.cert_der) {
+            chain.push(self.cert_der.clone());
+        }
+        chain.extend(self.chain.iter().cloned());
+        Ok((cert.der().to_vec(), chain))
+    }
+
+    fn bundle(&self) -> &[Vec<u8>] {
         &self.bundle
     }
 }
@@ -103,7 +146,7 @@ pub fn build_ca_cert(
     key: &PrivateKey,
     ttl_secs: i64,
     now: i64,
-    upstream: Option<&UpstreamAuthority>,
+    upstream: Option<&dyn UpstreamAuthority>,
 ) -> Result<(Vec<u8>, Vec<Vec<u8>>), CaError> {
     if ttl_secs <= 0 {
         return Err(CaError::ZeroTtl);
@@ -114,15 +157,20 @@ pub fn build_ca_cert(
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "writ");
     dn.push(DnType::CommonName, "writ CA");
-    // A unique attribute per CA keeps issuer names distinct across rotations.
+    // A unique attribute per CA keeps issuer names distinct across rotations. X.520 defines
+    // serialNumber (2.5.4.5) as a PrintableString (not a DirectoryString): a UTF8String there is
+    // an encoding error that strict parsers (pkilint: FATAL) refuse. Hex is printable.
+    let serial_hex = hex::encode(&serial[..8]);
+    let serial_attr = rcgen::string::PrintableString::try_from(serial_hex.as_str())
+        .map_err(|_| CaError::BadCertificate(format!("`{serial_hex}` is not a PrintableString")))?;
     dn.push(
         DnType::CustomDnType(vec![2, 5, 4, 5]),
-        hex::encode(&serial[..8]),
+        DnValue::PrintableString(serial_attr),
     );
     p.distinguished_name = dn;
     p.serial_number = Some(SerialNumber::from(serial.to_vec()));
     p.not_before = ts(now - BACKDATE_SECS)?;
-    let mut not_after = now + ttl_secs;
+    let not_after = now + ttl_secs;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -137,27 +185,10 @@ pub fn build_ca_cert(
     })?)];
     p.use_authority_key_identifier_extension = upstream.is_some();
     let subject = key.rcgen_key_pair()?;
+    p.not_after = ts(not_after)?;
     match upstream {
-        None => {
-            p.not_after = ts(not_after)?;
-            Ok((p.self_signed(&subject)?.der().to_vec(), Vec::new()))
-        }
-        Some(up) => {
-            let up_cert = parse_cert(&up.cert_der)?;
-            not_after = not_after.min(up_cert.validity().not_after.timestamp());
-            p.not_after = ts(not_after)?;
-            let issuer = Issuer::from_ca_cert_der(
-                &CertificateDer::from(up.cert_der.as_slice()),
-                up.key.rcgen_key_pair()?,
-            )?;
-            let cert = p.signed_by(&subject, &issuer)?;
-            let mut chain = Vec::new();
-            if !up.bundle.contains(&up.cert_der) {
-                chain.push(up.cert_der.clone());
-            }
-            chain.extend(up.chain.iter().cloned());
-            Ok((cert.der().to_vec(), chain))
-        }
+        None => Ok((p.self_signed(&subject)?.der().to_vec(), Vec::new())),
+        Some(up) => up.sign_ca(p, &subject),
     }
 }
 
@@ -225,11 +256,8 @@ impl X509Authority {
                     "CA certificate has cA=false".into(),
                 ));
             }
-            (
-                c.validity().not_before.timestamp(),
-                c.validity().not_after.timestamp(),
-                c.public_key().subject_public_key.data.to_vec(),
-            )
+            let (nb, na) = validity(&c);
+            (nb, na, c.public_key().subject_public_key.data.to_vec())
         };
         let key_bytes = spki_key_bytes(&key.public_key_spki()?)?;
         if key_bytes != cert_key {
@@ -251,6 +279,11 @@ impl X509Authority {
             not_after,
             rng: SystemRandom::new(),
         })
+    }
+
+    /// The issuer (certificate and key) for signing CRLs.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, rcgen::KeyPair> {
+        &self.issuer
     }
 
     /// The CA certificate, DER.
@@ -422,6 +455,21 @@ fn spki_key_bytes(spki_der: &[u8]) -> Result<Vec<u8>, CaError> {
     let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
         .map_err(|e| CaError::BadPublicKey(e.to_string()))?;
     Ok(spki.subject_public_key.data.to_vec())
+}
+
+/// NotBefore and NotAfter of a parsed certificate (unix seconds): the one place certificate
+/// dates are read.
+pub(crate) fn validity(c: &X509Certificate<'_>) -> (i64, i64) {
+    (
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    )
+}
+
+/// The serial number of a parsed certificate as writ records it: its DER bytes, lowercase hex
+/// (the form of [`MintedSvid::serial_hex`]).
+pub(crate) fn serial_hex(c: &X509Certificate<'_>) -> String {
+    hex::encode(c.raw_serial())
 }
 
 pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {

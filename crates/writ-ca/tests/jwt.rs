@@ -9,7 +9,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
-use writ_ca::jwt::{validate, JwtError};
+use writ_ca::jwt::{validate, JwtError, LEEWAY_SECS};
 use writ_ca::{JwtSigner, KeyType, PrivateKey};
 use writ_core::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 
@@ -87,7 +87,7 @@ fn refuses_bad_tokens() {
         Err(JwtError::WrongAudience("other".into()))
     );
     assert_eq!(
-        validate(&token, "db", NOW + 300, bf),
+        validate(&token, "db", NOW + 300 + LEEWAY_SECS, bf),
         Err(JwtError::Expired(NOW + 300))
     );
     assert!(matches!(
@@ -189,4 +189,100 @@ fn refuses_bad_tokens() {
     // Signing refuses empty audiences and zero TTL.
     assert!(s.sign(&id(), &[], 300, NOW).is_err());
     assert!(s.sign(&id(), &["a".into()], 0, NOW).is_err());
+}
+
+/// Issue 10 item 22: `aud` members of other types, non-numeric or future times, clock skew.
+#[test]
+fn claims_are_read_strictly_with_a_small_leeway() {
+    let (s, b, key) = setup(KeyType::EcP256);
+    let bf = |_: &TrustDomain| Some(b.clone());
+    let (token, _) = s.sign(&id(), &["db".into()], 300, NOW).unwrap();
+    let (h, c) = parts(&token);
+    let with = |claim: &str, v: Value| {
+        let mut c2 = c.clone();
+        c2[claim] = v;
+        forge(&key, &h, &c2)
+    };
+
+    // An `aud` member that is not a string refuses the whole token, even when a string member
+    // matches (the old code skipped it and accepted "db").
+    for aud in [
+        json!(["db", 5]),
+        json!(["db", null]),
+        json!(["db", {"x": 1}]),
+        json!(["db", ["db"]]),
+        json!(["db", ""]),
+    ] {
+        assert!(
+            matches!(
+                validate(&with("aud", aud.clone()), "db", NOW, bf),
+                Err(JwtError::BadAudience(_))
+            ),
+            "{aud}"
+        );
+    }
+    for aud in [json!({"db": true}), json!(5), json!(true), json!("")] {
+        assert!(
+            matches!(
+                validate(&with("aud", aud.clone()), "db", NOW, bf),
+                Err(JwtError::BadAudience(_))
+            ),
+            "{aud}"
+        );
+    }
+    assert_eq!(
+        validate(&with("aud", json!(["x", 5])), "db", NOW, bf),
+        Err(JwtError::BadAudience("5".into()))
+    );
+    validate(&with("aud", json!(["x", "db"])), "db", NOW, bf).unwrap();
+
+    // Time claims that are not numbers.
+    for claim in ["exp", "nbf", "iat"] {
+        for v in [json!("1800000100"), json!(null), json!([1]), json!({})] {
+            assert_eq!(
+                validate(&with(claim, v.clone()), "db", NOW, bf),
+                Err(JwtError::BadTimeClaim {
+                    claim,
+                    value: v.to_string()
+                }),
+                "{claim} = {v}"
+            );
+        }
+    }
+    // Fractional NumericDates are allowed.
+    validate(&with("exp", json!(NOW as f64 + 0.5)), "db", NOW, bf).unwrap();
+
+    // `iat` in the future: within the leeway accepted, beyond it refused.
+    validate(&with("iat", json!(NOW + LEEWAY_SECS)), "db", NOW, bf).unwrap();
+    assert_eq!(
+        validate(&with("iat", json!(NOW + LEEWAY_SECS + 1)), "db", NOW, bf),
+        Err(JwtError::IssuedInFuture(NOW + LEEWAY_SECS + 1))
+    );
+    assert_eq!(
+        validate(&with("iat", json!(NOW + 86_400 * 365)), "db", NOW, bf),
+        Err(JwtError::IssuedInFuture(NOW + 86_400 * 365))
+    );
+
+    // Leeway on `exp` and `nbf`: a little skew is tolerated, no more.
+    let exp = NOW + 300;
+    validate(&token, "db", exp, bf).unwrap();
+    validate(&token, "db", exp + LEEWAY_SECS - 1, bf).unwrap();
+    assert_eq!(
+        validate(&token, "db", exp + LEEWAY_SECS, bf),
+        Err(JwtError::Expired(exp))
+    );
+    validate(&with("nbf", json!(NOW + LEEWAY_SECS)), "db", NOW, bf).unwrap();
+    assert_eq!(
+        validate(&with("nbf", json!(NOW + LEEWAY_SECS + 1)), "db", NOW, bf),
+        Err(JwtError::NotYetValid(NOW + LEEWAY_SECS + 1))
+    );
+    // Huge values saturate instead of wrapping.
+    assert_eq!(
+        validate(&with("nbf", json!(1e300)), "db", NOW, bf),
+        Err(JwtError::NotYetValid(i64::MAX))
+    );
+    assert_eq!(
+        validate(&with("exp", json!(-1e300)), "db", NOW, bf),
+        Err(JwtError::Expired(i64::MIN))
+    );
 }

@@ -14,7 +14,7 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 use writ_ca::x509::{build_ca_cert, csr_public_key};
-use writ_ca::{CaError, KeyType, PrivateKey, SvidRequest, UpstreamAuthority, X509Authority};
+use writ_ca::{CaError, DiskUpstreamAuthority, KeyType, PrivateKey, SvidRequest, X509Authority};
 use writ_core::{SpiffeId, TrustDomain};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -337,8 +337,9 @@ fn intermediate_under_upstream_ca_chains_to_the_operator_root() {
         None,
     )
     .unwrap();
-    let up = UpstreamAuthority::from_der(vec![root_der.clone()], root_key, vec![root_der.clone()])
-        .unwrap();
+    let up =
+        DiskUpstreamAuthority::from_der(vec![root_der.clone()], root_key, vec![root_der.clone()])
+            .unwrap();
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let (cert, chain) = build_ca_cert(&td(), &key, 3600, NOW, Some(&up)).unwrap();
     assert!(
@@ -363,7 +364,9 @@ fn intermediate_under_upstream_ca_chains_to_the_operator_root() {
     assert!(webpki_verify(&svid.chain[..1], &[root_der.clone()], NOW).is_err());
     // A key that does not match the upstream certificate is refused.
     let other = PrivateKey::generate(KeyType::EcP256).unwrap();
-    assert!(UpstreamAuthority::from_der(vec![root_der.clone()], other, vec![root_der]).is_err());
+    assert!(
+        DiskUpstreamAuthority::from_der(vec![root_der.clone()], other, vec![root_der]).is_err()
+    );
 }
 
 #[test]

@@ -6,6 +6,14 @@
 //! `use = x509-svid` and exactly one certificate in `x5c`, and JWT authorities are keys with
 //! `use = jwt-svid` and a `kid`. Keys with an unknown `use` or `kty` are skipped, as the standard
 //! asks. Bundles of different trust domains are never merged: each is its own value.
+//!
+//! Invariant: whatever [`Bundle::from_json`] or [`Bundle::from_x509_pem`] accepts,
+//! [`Bundle::to_json`] can write, and parsing that output gives the same bundle. Parsing
+//! therefore refuses every X.509 authority whose key has no JWK form here (EC P-256/P-384/P-521
+//! by named curve, RSA, and Ed25519 as `kty` `OKP` per RFC 8037); one such bundle stored by the
+//! server would otherwise fail every later serialization of the federated set, and with it every
+//! agent's bundle stream. Parsing is also bounded: at most [`MAX_BUNDLE_BYTES`] of input,
+//! [`MAX_BUNDLE_KEYS`] keys and [`MAX_KID_LEN`] bytes of `kid`.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -16,6 +24,20 @@ use x509_parser::public_key::PublicKey;
 
 use crate::id::TrustDomain;
 use crate::pem;
+
+/// Largest bundle document (JSON or PEM) accepted, in bytes.
+pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
+
+/// Most keys (JSON) or certificates (PEM) in one bundle.
+pub const MAX_BUNDLE_KEYS: usize = 256;
+
+/// Longest `kid` accepted, in bytes.
+pub const MAX_KID_LEN: usize = 256;
+
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_P384: &str = "1.3.132.0.34";
+const OID_P521: &str = "1.3.132.0.35";
+const OID_ED25519: &str = "1.3.101.112";
 
 /// Why a bundle or key could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +79,17 @@ pub enum BundleError {
     /// A public key of a type writ does not handle.
     #[error("unsupported public key type: {0}")]
     UnsupportedKey(String),
+    /// A CA certificate whose key the bundle format here cannot express.
+    #[error("certificate {index} in the bundle has a key that cannot be published: {reason}")]
+    UnsupportedAuthorityKey {
+        /// Position of the key or PEM block.
+        index: usize,
+        /// What the key is.
+        reason: String,
+    },
+    /// More than [`MAX_BUNDLE_BYTES`], [`MAX_BUNDLE_KEYS`] or [`MAX_KID_LEN`].
+    #[error("bundle is too large: {0}")]
+    TooLarge(String),
     /// PEM input problem.
     #[error(transparent)]
     Pem(#[from] pem::PemError),
@@ -81,6 +114,13 @@ pub enum PublicJwk {
         /// Public exponent, big-endian.
         e: Vec<u8>,
     },
+    /// An octet key pair (RFC 8037); `crv` is `Ed25519`.
+    Okp {
+        /// Curve name.
+        crv: String,
+        /// The public key bytes.
+        x: Vec<u8>,
+    },
 }
 
 impl PublicJwk {
@@ -91,17 +131,63 @@ impl PublicJwk {
         Self::from_spki(&spki)
     }
 
+    /// The JWK form of a certificate's key. The EC curve is taken from the named-curve
+    /// parameter (never guessed from the point length, which other curves share).
     fn from_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<Self, BundleError> {
+        let alg = spki.algorithm.algorithm.to_id_string();
+        let params = spki.algorithm.parameters.as_ref();
         match spki.parsed() {
-            Ok(PublicKey::EC(point)) => Self::from_ec_point(point.data()),
-            Ok(PublicKey::RSA(rsa)) => Ok(PublicJwk::Rsa {
-                n: strip_zeros(rsa.modulus).to_vec(),
-                e: strip_zeros(rsa.exponent).to_vec(),
-            }),
-            Ok(_) => Err(BundleError::UnsupportedKey(
-                spki.algorithm.algorithm.to_id_string(),
-            )),
-            Err(e) => Err(BundleError::UnsupportedKey(e.to_string())),
+            Ok(PublicKey::EC(point)) => {
+                let curve = params
+                    .and_then(|p| p.as_oid().ok())
+                    .map(|o| o.to_id_string())
+                    .unwrap_or_default();
+                let (crv, len) = match curve.as_str() {
+                    OID_P256 => ("P-256", 65),
+                    OID_P384 => ("P-384", 97),
+                    OID_P521 => ("P-521", 133),
+                    _ => {
+                        return Err(BundleError::UnsupportedKey(format!(
+                            "EC curve `{}` ({curve})",
+                            oid_name(&curve)
+                        )))
+                    }
+                };
+                if point.data().len() != len {
+                    return Err(BundleError::UnsupportedKey(format!(
+                        "{crv} point of {} bytes",
+                        point.data().len()
+                    )));
+                }
+                Self::from_ec_point(point.data())
+            }
+            Ok(PublicKey::RSA(rsa)) => {
+                let (n, e) = (strip_zeros(rsa.modulus), strip_zeros(rsa.exponent));
+                if n.is_empty() || e.is_empty() {
+                    return Err(BundleError::UnsupportedKey("RSA key of zero".into()));
+                }
+                Ok(PublicJwk::Rsa {
+                    n: n.to_vec(),
+                    e: e.to_vec(),
+                })
+            }
+            Ok(PublicKey::Unknown(x)) if alg == OID_ED25519 && params.is_none() => {
+                if x.len() != 32 {
+                    return Err(BundleError::UnsupportedKey(format!(
+                        "Ed25519 key of {} bytes",
+                        x.len()
+                    )));
+                }
+                Ok(PublicJwk::Okp {
+                    crv: "Ed25519".into(),
+                    x: x.to_vec(),
+                })
+            }
+            Ok(_) => Err(BundleError::UnsupportedKey(format!(
+                "algorithm `{}` ({alg})",
+                oid_name(&alg)
+            ))),
+            Err(e) => Err(BundleError::UnsupportedKey(format!("`{alg}`: {e}"))),
         }
     }
 
@@ -113,7 +199,7 @@ impl PublicJwk {
             133 => "P-521",
             n => {
                 return Err(BundleError::UnsupportedKey(format!(
-                    "EC point of {n} bytes"
+                    "EC point of `{n}` bytes"
                 )))
             }
         };
@@ -138,7 +224,7 @@ impl PublicJwk {
                 p.extend_from_slice(y);
                 Some(p)
             }
-            PublicJwk::Rsa { .. } => None,
+            PublicJwk::Rsa { .. } | PublicJwk::Okp { .. } => None,
         }
     }
 
@@ -155,6 +241,22 @@ impl PublicJwk {
                 m.insert("n".into(), URL_SAFE_NO_PAD.encode(n).into());
                 m.insert("e".into(), URL_SAFE_NO_PAD.encode(e).into());
             }
+            PublicJwk::Okp { crv, x } => {
+                m.insert("kty".into(), "OKP".into());
+                m.insert("crv".into(), crv.clone().into());
+                m.insert("x".into(), URL_SAFE_NO_PAD.encode(x).into());
+            }
+        }
+    }
+
+    /// Whether writ knows the JWK's `kty` (a missing `kty` is an error).
+    fn known_kty(index: usize, m: &Map<String, Value>) -> Result<bool, BundleError> {
+        match m.get("kty").and_then(Value::as_str) {
+            Some(kty) => Ok(matches!(kty, "EC" | "RSA" | "OKP")),
+            None => Err(BundleError::BadKey {
+                index,
+                reason: "missing `kty`".into(),
+            }),
         }
     }
 
@@ -195,13 +297,50 @@ impl PublicJwk {
                     y,
                 }))
             }
-            Some("RSA") => Ok(Some(PublicJwk::Rsa {
-                n: field("n")?,
-                e: field("e")?,
-            })),
+            Some("RSA") => {
+                let (n, e) = (field("n")?, field("e")?);
+                if n.is_empty() || e.is_empty() {
+                    return Err(bad("empty `n` or `e`"));
+                }
+                Ok(Some(PublicJwk::Rsa { n, e }))
+            }
+            Some("OKP") => {
+                let crv = m
+                    .get("crv")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("missing `crv`"))?;
+                if crv != "Ed25519" {
+                    return Err(bad(&format!("unsupported curve `{crv}`")));
+                }
+                let x = field("x")?;
+                if x.len() != 32 {
+                    return Err(bad("Ed25519 `x` is not 32 bytes"));
+                }
+                Ok(Some(PublicJwk::Okp {
+                    crv: crv.to_owned(),
+                    x,
+                }))
+            }
             Some(_) => Ok(None),
             None => Err(bad("missing `kty`")),
         }
+    }
+}
+
+/// A readable name for key algorithm and curve OIDs that error messages mention.
+fn oid_name(oid: &str) -> &'static str {
+    match oid {
+        "1.3.101.110" => "X25519",
+        "1.3.101.111" => "X448",
+        OID_ED25519 => "Ed25519",
+        "1.3.101.113" => "Ed448",
+        "1.2.840.10040.4.1" => "DSA",
+        "1.3.132.0.10" => "secp256k1",
+        "1.3.36.3.3.2.8.1.1.7" => "brainpoolP256r1",
+        "1.3.36.3.3.2.8.1.1.11" => "brainpoolP384r1",
+        "1.3.36.3.3.2.8.1.1.13" => "brainpoolP512r1",
+        "" => "none",
+        _ => "unknown",
     }
 }
 
@@ -247,10 +386,23 @@ impl Bundle {
     }
 
     /// Builds a bundle of X.509 authorities from PEM text (e.g. a bootstrap bundle file).
+    /// Every certificate's key must have a JWK form (see the module doc).
     pub fn from_x509_pem(trust_domain: TrustDomain, text: &str) -> Result<Self, BundleError> {
+        if text.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge(format!(
+                "`{}` bytes of PEM (at most {MAX_BUNDLE_BYTES})",
+                text.len()
+            )));
+        }
         let certs = pem::decode_label(text, "CERTIFICATE")?;
+        if certs.len() > MAX_BUNDLE_KEYS {
+            return Err(BundleError::TooLarge(format!(
+                "`{}` certificates (at most {MAX_BUNDLE_KEYS})",
+                certs.len()
+            )));
+        }
         for (index, der) in certs.iter().enumerate() {
-            check_cert(index, der)?;
+            authority_key(index, der)?;
         }
         let mut b = Bundle::new(trust_domain);
         b.x509_authorities = certs;
@@ -296,10 +448,9 @@ impl Bundle {
         let mut keys = Vec::new();
         if x509 {
             for (index, der) in self.x509_authorities.iter().enumerate() {
-                let cert = check_cert(index, der)?;
                 let mut m = Map::new();
                 m.insert("use".into(), "x509-svid".into());
-                PublicJwk::from_spki(cert.public_key())?.write_params(&mut m);
+                authority_key(index, der)?.write_params(&mut m);
                 m.insert("x5c".into(), json!([STANDARD.encode(der)]));
                 keys.push(Value::Object(m));
             }
@@ -325,6 +476,12 @@ impl Bundle {
 
     /// Parses a SPIFFE bundle JSON document for `trust_domain`.
     pub fn from_json(trust_domain: TrustDomain, doc: &[u8]) -> Result<Self, BundleError> {
+        if doc.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge(format!(
+                "`{}` bytes of JSON (at most {MAX_BUNDLE_BYTES})",
+                doc.len()
+            )));
+        }
         let v: Value = serde_json::from_slice(doc).map_err(|e| BundleError::Json(e.to_string()))?;
         let obj = v
             .as_object()
@@ -333,6 +490,12 @@ impl Bundle {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or_else(|| BundleError::Json("missing `keys` array".into()))?;
+        if keys.len() > MAX_BUNDLE_KEYS {
+            return Err(BundleError::TooLarge(format!(
+                "`{}` keys (at most {MAX_BUNDLE_KEYS})",
+                keys.len()
+            )));
+        }
         let mut b = Bundle::new(trust_domain);
         b.sequence = match obj.get("spiffe_sequence") {
             None => 0,
@@ -353,6 +516,11 @@ impl Bundle {
             })?;
             match m.get("use").and_then(Value::as_str) {
                 Some("x509-svid") => {
+                    // An unknown `kty` is ignored, as for any key: the certificate is not taken
+                    // (it used to be, unchecked, and could then not be written back out).
+                    if !PublicJwk::known_kty(index, m)? {
+                        continue;
+                    }
                     let x5c = m.get("x5c").and_then(Value::as_array);
                     let [cert] = x5c.map(Vec::as_slice).unwrap_or_default() else {
                         return Err(BundleError::X5cCount { index });
@@ -364,15 +532,14 @@ impl Bundle {
                             index,
                             reason: "x5c entry is not base64".into(),
                         })?;
-                    let parsed = check_cert(index, &der)?;
-                    // The JWK parameters, when present, must describe the certificate's key.
-                    if let Some(params) = PublicJwk::read_params(index, m)? {
-                        if params != PublicJwk::from_spki(parsed.public_key())? {
-                            return Err(BundleError::BadKey {
-                                index,
-                                reason: "key parameters do not match the x5c certificate".into(),
-                            });
-                        }
+                    // The JWK parameters must describe the certificate's key, in the one form
+                    // to_json writes for it.
+                    let cert_key = authority_key(index, &der)?;
+                    if PublicJwk::read_params(index, m)? != Some(cert_key) {
+                        return Err(BundleError::BadKey {
+                            index,
+                            reason: "key parameters do not match the x5c certificate".into(),
+                        });
                     }
                     b.x509_authorities.push(der);
                 }
@@ -382,6 +549,12 @@ impl Bundle {
                         .and_then(Value::as_str)
                         .filter(|k| !k.is_empty())
                         .ok_or(BundleError::MissingKid { index })?;
+                    if kid.len() > MAX_KID_LEN {
+                        return Err(BundleError::TooLarge(format!(
+                            "kid of `{}` bytes in key {index} (at most {MAX_KID_LEN})",
+                            kid.len()
+                        )));
+                    }
                     let Some(public_key) = PublicJwk::read_params(index, m)? else {
                         continue;
                     };
@@ -421,6 +594,19 @@ pub fn split_der_certs(data: &[u8], max: usize) -> Result<Vec<Vec<u8>>, BundleEr
         rest = r;
     }
     Ok(out)
+}
+
+/// Parses a CA certificate and returns the JWK form of its key: exactly what `to_json` needs to
+/// write it, so parse-time acceptance and serialization agree.
+fn authority_key(index: usize, der: &[u8]) -> Result<PublicJwk, BundleError> {
+    let cert = check_cert(index, der)?;
+    PublicJwk::from_spki(cert.public_key()).map_err(|e| BundleError::UnsupportedAuthorityKey {
+        index,
+        reason: match e {
+            BundleError::UnsupportedKey(r) => r,
+            other => other.to_string(),
+        },
+    })
 }
 
 fn check_cert(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, BundleError> {

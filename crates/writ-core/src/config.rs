@@ -23,17 +23,17 @@ pub enum ConfigError {
     /// A value that parses but is not acceptable.
     #[error("config key `{key}`: {message}")]
     Invalid {
-        /// The key.
-        key: &'static str,
+        /// The key (dotted for keys of tables: `node_attestor.x509pop`).
+        key: String,
         /// What is wrong.
         message: String,
     },
 }
 
 /// An [`ConfigError::Invalid`] for `key`.
-pub fn invalid(key: &'static str, message: impl ToString) -> ConfigError {
+pub fn invalid(key: impl Into<String>, message: impl ToString) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         message: message.to_string(),
     }
 }

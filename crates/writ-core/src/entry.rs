@@ -18,12 +18,26 @@ pub const MAX_META_LEN: usize = 1024;
 pub const MAX_SELECTORS: usize = 64;
 /// Most DNS names on one entry.
 pub const MAX_DNS_NAMES: usize = 64;
+/// Most federated trust domains on one entry. With the other limits this keeps an entry near
+/// 100 KB at most, so any single entry fits in a sync message (an unbounded list could make one
+/// entry larger than the 4 MiB message limit, and no page could carry it).
+pub const MAX_FEDERATES_WITH: usize = 64;
 
 /// The server's own SPIFFE ID in a trust domain (`spiffe://<td>/writ/server`).
 pub fn server_id(td: &TrustDomain) -> SpiffeId {
     // The path is a constant made only of allowed characters, so this cannot fail for a valid td.
     #[allow(clippy::expect_used)]
     td.id("/writ/server").expect("constant path is valid")
+}
+
+/// Whether `id` is reserved for writ's own identities: the server (`/writ/server`), agents
+/// (`/writ/agent/...`) and anything else under `/writ`. Entries, operator-minted SVIDs and join
+/// token aliases may not name such an ID (an entry may still use an agent ID as its parent):
+/// an SVID for the server's ID would let its holder impersonate the server to every agent, and
+/// an alias equal to an agent's ID would hand that agent's entries to another node.
+pub fn is_reserved_id(id: &SpiffeId) -> bool {
+    let p = id.path();
+    p == "/writ" || p.starts_with("/writ/")
 }
 
 /// A registration entry, in the shape of contract.md's entry object (TTLs in seconds, times as
@@ -91,7 +105,7 @@ pub enum EntryError {
         td: String,
     },
     /// The entry's own ID has no path or is reserved for writ itself.
-    #[error("spiffe id `{0}` is reserved or has no path")]
+    #[error("spiffe id `{0}` is reserved for writ itself (paths under `/writ`) or has no path")]
     ReservedId(String),
     /// No selectors.
     #[error("an entry needs at least one selector")]
@@ -167,7 +181,7 @@ impl Entry {
             }
         }
         let path = self.spiffe_id.path();
-        if path.is_empty() || path == "/writ/server" {
+        if path.is_empty() || is_reserved_id(&self.spiffe_id) {
             return Err(EntryError::ReservedId(self.spiffe_id.to_string()));
         }
         if self.selectors.is_empty() {
@@ -175,6 +189,11 @@ impl Entry {
         }
         check_count("selectors", self.selectors.len(), MAX_SELECTORS)?;
         check_count("dns names", self.dns_names.len(), MAX_DNS_NAMES)?;
+        check_count(
+            "federated trust domains",
+            self.federates_with.len(),
+            MAX_FEDERATES_WITH,
+        )?;
         for name in &self.dns_names {
             if !is_dns_name(name) {
                 return Err(EntryError::BadDnsName(name.clone()));
@@ -265,9 +284,24 @@ mod tests {
         let mut e = entry();
         e.dns_names = vec!["bad_name".into()];
         assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+        for reserved in [
+            server_id(&td),
+            td.id("/writ/agent/join_token/x").unwrap(),
+            td.id("/writ").unwrap(),
+        ] {
+            let mut e = entry();
+            e.spiffe_id = reserved;
+            assert!(matches!(e.validate(&td), Err(EntryError::ReservedId(_))));
+        }
+        // Agent IDs stay usable as parents, and `/writer` is not under `/writ`.
         let mut e = entry();
-        e.spiffe_id = server_id(&td);
-        assert!(matches!(e.validate(&td), Err(EntryError::ReservedId(_))));
+        e.spiffe_id = td.id("/writer").unwrap();
+        e.validate(&td).unwrap();
+        let mut e = entry();
+        e.federates_with = (0..65)
+            .map(|i| TrustDomain::new(&format!("td{i}.org")).unwrap())
+            .collect();
+        assert!(matches!(e.validate(&td), Err(EntryError::TooMany { .. })));
         let mut e = entry();
         e.federates_with = vec![td.clone()];
         assert!(matches!(

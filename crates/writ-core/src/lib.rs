@@ -38,7 +38,7 @@ pub mod selector;
 
 pub use bundle::{Bundle, BundleError, JwtAuthority, PublicJwk};
 pub use duration::{format_duration, parse_duration, DurationError};
-pub use entry::{server_id, Entry, EntryError};
+pub use entry::{is_reserved_id, server_id, Entry, EntryError};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use node::{AttestedNode, JoinToken};
 pub use selector::{Selector, SelectorError};

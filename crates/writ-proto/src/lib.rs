@@ -28,5 +28,8 @@ pub const WORKLOAD_HEADER: &str = "workload.spiffe.io";
 /// nonce. The context keeps the signature from being usable for anything else.
 pub const X509POP_CONTEXT: &[u8] = b"writ x509pop challenge v1\0";
 
+/// What an sshpop agent signs with its host key, followed by the server's nonce.
+pub const SSHPOP_CONTEXT: &[u8] = b"writ sshpop challenge v1\0";
+
 /// Length of the x509pop challenge nonce.
 pub const X509POP_NONCE_LEN: usize = 32;

@@ -3,7 +3,8 @@
 //! [`Store`] is the interface the server uses; [`SledStore`] is the embedded implementation.
 //! What it holds: registration entries (with lookups by ID, SPIFFE ID, parent ID and selector),
 //! attested nodes, single-use join tokens, the trust domain's own and federated bundles, the CA
-//! rotation journal, and the **entry revision log**.
+//! rotation journal, the **entry revision log** and the **audit journal** (hash-chained records
+//! with signed checkpoints, see `writ-audit`).
 //!
 //! Invariants:
 //! - Every entry change gets the next revision number and a record in the revision log, in the
@@ -14,12 +15,16 @@
 //! - Entry writes are serialised by one lock, so uniqueness checks and revision numbering cannot
 //!   race.
 
+mod audit;
+mod sled_audit;
 mod sled_store;
 
 use serde::{Deserialize, Serialize};
 use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
 
+pub use audit::{AuditBatch, AuditQuery, CheckpointSigner};
 pub use sled_store::SledStore;
+pub use writ_audit::{Checkpoint, NewRecord, Record};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -56,17 +61,28 @@ pub enum StoreError {
         /// The oldest revision still in the log.
         oldest: u64,
     },
+    /// The database cannot be opened (another process holds it, say).
+    #[error("datastore: cannot open `{path}`: {source}")]
+    Open {
+        /// The datastore directory.
+        path: String,
+        /// The backend's error.
+        source: BoxError,
+    },
     /// The database failed.
     #[error("datastore: {0}")]
-    Db(String),
+    Db(#[source] BoxError),
     /// A stored record does not decode.
     #[error("datastore record is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] BoxError),
 }
+
+/// A backend's own error, kept as the source of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Db(e.to_string())
+        StoreError::Db(e.into())
     }
 }
 
@@ -99,6 +115,30 @@ pub struct Change {
     pub at: i64,
 }
 
+/// What [`Store::update_node`] does with a node record once its closure has looked at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeUpdate {
+    /// Write this record (insert or replace).
+    Put(AttestedNode),
+    /// Delete the record.
+    Delete,
+    /// Leave the record as it is (the closure refused, or there is nothing to do).
+    Keep,
+}
+
+/// Which entries [`Store::scan_entries`] visits.
+#[derive(Debug, Clone, Copy)]
+pub enum EntryFilter<'a> {
+    /// Every entry.
+    All,
+    /// Entries granting this SPIFFE ID.
+    SpiffeId(&'a SpiffeId),
+    /// Entries with this parent.
+    Parent(&'a SpiffeId),
+    /// Entries having this selector.
+    Selector(&'a Selector),
+}
+
 /// The server's datastore.
 pub trait Store: Send + Sync {
     /// Creates an entry. Its `id` is assigned when empty; `revision` is always assigned.
@@ -121,6 +161,15 @@ pub trait Store: Send + Sync {
     fn entries_by_parent(&self, parent: &SpiffeId) -> Result<Vec<Entry>, StoreError>;
     /// Entries that have `selector` among theirs.
     fn entries_by_selector(&self, selector: &Selector) -> Result<Vec<Entry>, StoreError>;
+    /// Visits the entries `filter` selects whose ID is greater than `after` ("" for all), in ID
+    /// order, until `visit` returns false. Reads only what it visits (plus index keys), so a
+    /// paged listing costs its page, not the whole registry.
+    fn scan_entries(
+        &self,
+        filter: EntryFilter<'_>,
+        after: &str,
+        visit: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError>;
 
     /// The latest revision (0 when nothing was ever written).
     fn revision(&self) -> Result<u64, StoreError>;
@@ -131,6 +180,16 @@ pub trait Store: Send + Sync {
 
     /// Inserts or replaces a node record.
     fn put_node(&self, node: AttestedNode) -> Result<AttestedNode, StoreError>;
+    /// Reads node `id`, hands the record (or `None`) to `decide`, and applies its decision,
+    /// atomically with respect to every other node write: if the record changed in between,
+    /// `decide` is called again with the new record. So a decision made on a record (renewal,
+    /// ban, attestation) can never overwrite a change it did not see. Returns the record as it
+    /// is after the call. `decide` must not block; it may be called more than once.
+    fn update_node(
+        &self,
+        id: &SpiffeId,
+        decide: &mut dyn FnMut(Option<&AttestedNode>) -> NodeUpdate,
+    ) -> Result<Option<AttestedNode>, StoreError>;
     /// One node.
     fn get_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, StoreError>;
     /// Every node.
@@ -153,6 +212,27 @@ pub trait Store: Send + Sync {
     fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError>;
     /// Deletes a bundle.
     fn delete_bundle(&self, td: &TrustDomain) -> Result<(), StoreError>;
+
+    /// Appends `batch` after the journal's head in one atomic write: numbers, chains and hashes
+    /// the records, signs the new head with `sign` (stored with them), and returns once all of
+    /// it is durable. Appends are serialised by the store, so the chain stays linear.
+    fn append_audit(
+        &self,
+        batch: AuditBatch,
+        sign: CheckpointSigner<'_>,
+    ) -> Result<Vec<Record>, StoreError>;
+    /// Visits the records `query` selects with `seq > after`, in order, until `visit` returns
+    /// false. A record that does not decode is visited as `Err((seq, reason))`.
+    fn audit_scan(
+        &self,
+        query: AuditQuery<'_>,
+        after: u64,
+        visit: &mut dyn FnMut(Result<Record, (u64, String)>) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Every checkpoint, oldest first.
+    fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// The number and hash of the newest record (`0` and the genesis hash when empty).
+    fn audit_head(&self) -> Result<(u64, String), StoreError>;
 
     /// Stores the CA journal (opaque bytes to the store).
     fn put_ca_journal(&self, journal: &[u8]) -> Result<(), StoreError>;

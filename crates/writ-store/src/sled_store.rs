@@ -15,7 +15,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
 
-use crate::{Change, ChangeKind, Store, StoreError};
+use crate::{Change, ChangeKind, EntryFilter, NodeUpdate, Store, StoreError};
 
 const REV_KEY: &[u8] = b"rev";
 const CA_KEY: &[u8] = b"ca";
@@ -28,20 +28,25 @@ pub struct SledStore {
     idx_parent: Tree,
     idx_selector: Tree,
     revlog: Tree,
-    meta: Tree,
+    pub(crate) meta: Tree,
     nodes: Tree,
     tokens: Tree,
     bundles: Tree,
+    pub(crate) audit: Tree,
+    pub(crate) audit_cp: Tree,
+    pub(crate) audit_idx: Tree,
     /// Serialises entry writes (uniqueness check + revision numbering).
     write_lock: Mutex<()>,
+    /// Serialises audit appends (separately from entry writes).
+    pub(crate) audit_lock: Mutex<()>,
 }
 
-fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.into()))
 }
 
-fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.into()))
 }
 
 fn idx_key(value: &str, id: &str) -> Vec<u8> {
@@ -60,23 +65,41 @@ fn idx_prefix(value: &str) -> Vec<u8> {
 
 type Tx = ConflictableTransactionError<StoreError>;
 
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+pub(crate) fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     match e {
         TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Db(e.to_string()),
+        TransactionError::Storage(e) => StoreError::Db(e.into()),
     }
 }
 
 impl SledStore {
     /// Opens (creating if needed) the datastore in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.as_ref())
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                StoreError::Db(format!("cannot open `{}`: {e}", dir.as_ref().display()))
-            })?;
+        // sled's flusher thread can hold the file lock for a moment after the previous handle
+        // in this process was dropped (a restart in place, tests): retry briefly on a lock
+        // error; a lock another process holds still fails after the retries.
+        let mut attempt = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.as_ref())
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if attempt < 30 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: dir.as_ref().display().to_string(),
+                        source: e.into(),
+                    })
+                }
+            }
+        };
         let t = |n: &str| db.open_tree(n);
         Ok(SledStore {
             entries: t("entries")?,
@@ -88,13 +111,17 @@ impl SledStore {
             nodes: t("nodes")?,
             tokens: t("tokens")?,
             bundles: t("bundles")?,
+            audit: t("audit")?,
+            audit_cp: t("audit_cp")?,
+            audit_idx: t("audit_idx")?,
             db,
             write_lock: Mutex::new(()),
+            audit_lock: Mutex::new(()),
         })
     }
 
     /// Makes everything written so far durable (fsync).
-    fn flush(&self) -> Result<(), StoreError> {
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
@@ -110,7 +137,7 @@ impl SledStore {
         for kv in tree.scan_prefix(&prefix) {
             let (k, _) = kv?;
             let id = std::str::from_utf8(&k[prefix.len()..])
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .map_err(|e| StoreError::Corrupt(e.into()))?;
             out.push(id.to_owned());
         }
         Ok(out)
@@ -366,6 +393,51 @@ impl Store for SledStore {
         )?)
     }
 
+    fn scan_entries(
+        &self,
+        filter: EntryFilter<'_>,
+        after: &str,
+        visit: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError> {
+        let (tree, value) = match filter {
+            EntryFilter::All => {
+                // Entry keys are the IDs: start just past `after`.
+                let mut start = after.as_bytes().to_vec();
+                if !after.is_empty() {
+                    start.push(0);
+                }
+                for kv in self.entries.range(start..) {
+                    if !visit(dec(&kv?.1)?) {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+            EntryFilter::SpiffeId(id) => (&self.idx_spiffe, id.to_string()),
+            EntryFilter::Parent(id) => (&self.idx_parent, id.to_string()),
+            EntryFilter::Selector(s) => (&self.idx_selector, s.to_string()),
+        };
+        // Index keys are `<value>\0<id>`, so within the prefix they are in ID order.
+        let prefix = idx_prefix(&value);
+        let mut start = idx_key(&value, after);
+        if !after.is_empty() {
+            start.push(0);
+        }
+        for kv in tree.range(start..) {
+            let (k, _) = kv?;
+            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id = std::str::from_utf8(id).map_err(|e| StoreError::Corrupt(e.into()))?;
+            if let Some(e) = self.get_entry(id)? {
+                if !visit(e) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn revision(&self) -> Result<u64, StoreError> {
         match self.meta.get(REV_KEY)? {
             Some(v) => {
@@ -418,6 +490,32 @@ impl Store for SledStore {
             .insert(node.spiffe_id.as_str().as_bytes(), enc(&node)?)?;
         self.flush()?;
         Ok(node)
+    }
+
+    fn update_node(
+        &self,
+        id: &SpiffeId,
+        decide: &mut dyn FnMut(Option<&AttestedNode>) -> NodeUpdate,
+    ) -> Result<Option<AttestedNode>, StoreError> {
+        let key = id.as_str().as_bytes();
+        // Compare-and-swap on the record's bytes: a write that landed between our read and our
+        // swap makes the swap fail, and the decision is taken again on what is there now.
+        loop {
+            let old_bytes = self.nodes.get(key)?;
+            let old: Option<AttestedNode> = old_bytes.as_deref().map(dec).transpose()?;
+            let (new_bytes, after) = match decide(old.as_ref()) {
+                NodeUpdate::Keep => return Ok(old),
+                NodeUpdate::Delete => (None, None),
+                NodeUpdate::Put(n) => (Some(enc(&n)?), Some(n)),
+            };
+            match self.nodes.compare_and_swap(key, old_bytes, new_bytes)? {
+                Ok(()) => {
+                    self.flush()?;
+                    return Ok(after);
+                }
+                Err(_) => continue,
+            }
+        }
     }
 
     fn get_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, StoreError> {
@@ -513,6 +611,31 @@ impl Store for SledStore {
                 id: td.to_string(),
             })?;
         self.flush()
+    }
+
+    fn append_audit(
+        &self,
+        batch: crate::AuditBatch,
+        sign: crate::CheckpointSigner<'_>,
+    ) -> Result<Vec<writ_audit::Record>, StoreError> {
+        self.audit_append(batch, sign)
+    }
+
+    fn audit_scan(
+        &self,
+        query: crate::AuditQuery<'_>,
+        after: u64,
+        visit: &mut dyn FnMut(Result<writ_audit::Record, (u64, String)>) -> bool,
+    ) -> Result<(), StoreError> {
+        self.audit_visit(query, after, visit)
+    }
+
+    fn audit_checkpoints(&self) -> Result<Vec<writ_audit::Checkpoint>, StoreError> {
+        self.audit_cps()
+    }
+
+    fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        self.audit_head_read()
     }
 
     fn put_ca_journal(&self, journal: &[u8]) -> Result<(), StoreError> {

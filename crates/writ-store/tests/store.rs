@@ -285,3 +285,118 @@ fn bulk_create_refuses_duplicates_whole() {
     assert_eq!(s.list_entries().unwrap().len(), 2000);
     assert_eq!(s.create_entries(vec![fresh, a]).unwrap().len(), 2);
 }
+
+/// `update_node` is a read-modify-write that no other node write can slip into: 16 threads
+/// each do 20 "renewals" (read the record, bump the serial, write it back unless banned) while
+/// the main thread bans the node, then evicts it. The ban must stick (no renewal writes the
+/// record back unbanned) and the eviction must stick (no renewal recreates the record).
+#[test]
+fn node_updates_cannot_undo_a_ban_or_an_eviction() {
+    use std::sync::Arc;
+    use writ_store::NodeUpdate;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+    let node = AttestedNode {
+        spiffe_id: id(AGENT),
+        attestor: "join_token".into(),
+        selectors: vec![],
+        cert_serial: "0".into(),
+        cert_not_after: 99,
+        prev_cert_serial: String::new(),
+        aliases: vec![],
+        banned: false,
+        created_at: 1,
+        revision: 0,
+    };
+    for evict in [false, true] {
+        s.put_node(node.clone()).unwrap();
+        let renewers: Vec<_> = (0..16)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        s.update_node(&id(AGENT), &mut |cur| match cur {
+                            Some(n) if !n.banned => NodeUpdate::Put(AttestedNode {
+                                cert_serial: format!("{t}-{i}"),
+                                ..n.clone()
+                            }),
+                            _ => NodeUpdate::Keep,
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        if evict {
+            s.delete_node(&id(AGENT)).unwrap();
+        } else {
+            s.update_node(&id(AGENT), &mut |cur| match cur {
+                Some(n) => NodeUpdate::Put(AttestedNode {
+                    banned: true,
+                    ..n.clone()
+                }),
+                None => NodeUpdate::Keep,
+            })
+            .unwrap();
+        }
+        for r in renewers {
+            r.join().unwrap();
+        }
+        let now = s.get_node(&id(AGENT)).unwrap();
+        if evict {
+            assert!(now.is_none(), "the eviction was undone: {now:?}");
+        } else {
+            assert!(now.unwrap().banned, "the ban was lost");
+        }
+    }
+}
+
+/// `scan_entries` walks entries in ID order from just after a token, with or without an index
+/// filter, and stops when told: what paged listings are built on.
+#[test]
+fn scan_entries_pages_in_id_order() {
+    use writ_store::EntryFilter;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStore::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let parent = if i % 3 == 0 { "spiffe://td/p3" } else { AGENT };
+        let e = s
+            .create_entry(entry(&format!("spiffe://td/w{i}"), parent, &["unix:uid:1"]))
+            .unwrap();
+        ids.push((e.id, parent));
+    }
+    ids.sort();
+    let p3 = id("spiffe://td/p3");
+    for (filter, want) in [
+        (
+            EntryFilter::All,
+            ids.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(),
+        ),
+        (
+            EntryFilter::Parent(&p3),
+            ids.iter()
+                .filter(|(_, p)| *p == "spiffe://td/p3")
+                .map(|(i, _)| i.clone())
+                .collect(),
+        ),
+    ] {
+        // Pages of 4, each starting after the last ID of the previous one.
+        let mut got = Vec::new();
+        let mut after = String::new();
+        loop {
+            let mut page = Vec::new();
+            s.scan_entries(filter, &after, &mut |e| {
+                page.push(e.id);
+                page.len() < 4
+            })
+            .unwrap();
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            got.extend(page);
+            after = last;
+        }
+        assert_eq!(got, want);
+    }
+}

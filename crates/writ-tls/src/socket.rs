@@ -91,7 +91,15 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, SocketError> {
             if m.permissions().mode() & 0o022 != 0 {
                 return Err(unsafe_("its directory is group- or world-writable"));
             }
-            if m.uid() != current_uid(dir) {
+            if access == Access::Private && m.permissions().mode() & 0o077 != 0 {
+                return Err(unsafe_(&format!(
+                    "its directory is mode {:04o}; a private socket's directory must be 0700 \
+                     (chmod 0700 `{}`)",
+                    m.permissions().mode() & 0o7777,
+                    dir.display()
+                )));
+            }
+            if m.uid() != current_uid() {
                 return Err(unsafe_("its directory belongs to another user"));
             }
         }
@@ -119,15 +127,10 @@ pub fn bind(path: &Path, access: Access) -> Result<UnixListener, SocketError> {
     Ok(l)
 }
 
-/// The uid this process creates files as (read off a probe file: no libc call needed).
-fn current_uid(dir: &Path) -> u32 {
-    let probe = dir.join(format!(".writ-uid-probe-{}", std::process::id()));
-    let uid = fs::File::create(&probe)
-        .and_then(|f| f.metadata())
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
-    let _ = fs::remove_file(&probe);
-    uid
+/// The uid this process creates files as. (It used to be read off a probe file created in the
+/// directory, which followed a symlink planted there: a root agent truncated a root-owned file.)
+fn current_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 #[cfg(test)]
@@ -171,6 +174,31 @@ mod tests {
         assert_eq!(sm, 0o600);
         // A second server on the same socket is refused.
         assert!(matches!(bind_private(&path), Err(SocketError::InUse(_))));
+    }
+
+    #[tokio::test]
+    async fn private_dirs_must_be_0700_and_nothing_is_created_in_them() {
+        let d = tempfile::tempdir().unwrap();
+        let wide = d.path().join("wide");
+        fs::create_dir(&wide).unwrap();
+        fs::set_permissions(&wide, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = bind_private(&wide.join("admin.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0700"), "{err}");
+        // The old uid probe created `.writ-uid-probe-<pid>` through any symlink planted there.
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let private = d.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(
+            &victim,
+            private.join(format!(".writ-uid-probe-{}", std::process::id())),
+        )
+        .unwrap();
+        let _l = bind_private(&private.join("admin.sock")).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[tokio::test]

@@ -1,0 +1,171 @@
+//! Verifying a journal: every record's hash, every link, every checkpoint, and that the newest
+//! checkpoint is the end of the journal. The first problem found is reported with the record
+//! number it concerns.
+
+use std::collections::HashMap;
+
+use crate::checkpoint::{Checkpoint, CheckpointError, VerifyingKey};
+use crate::record::{kinds, Record, GENESIS};
+
+/// What is wrong with a journal, naming the first bad record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A record's contents do not match its hash.
+    #[error("record {0} was edited: its contents do not match its hash")]
+    Edited(u64),
+    /// A record number is missing.
+    #[error("record {missing} is missing: record {before} is followed by record {after}")]
+    Missing {
+        /// The first missing number.
+        missing: u64,
+        /// The record before the gap.
+        before: u64,
+        /// The record after the gap.
+        after: u64,
+    },
+    /// Records appear in the wrong order (swapped or moved).
+    #[error("record {found} appears where record {expected} should be: records were reordered")]
+    OutOfOrder {
+        /// The number expected at this position.
+        expected: u64,
+        /// The number found.
+        found: u64,
+    },
+    /// A record's `prev_hash` is not the previous record's hash.
+    #[error("record {0} does not follow from record {prev}: the chain is broken", prev = .0 - 1)]
+    BrokenLink(u64),
+    /// The journal ends before its newest signed checkpoint.
+    #[error(
+        "the journal ends at record {end} but a signed checkpoint covers up to record {signed}: \
+         records were removed from the tail"
+    )]
+    Truncated {
+        /// Last record present.
+        end: u64,
+        /// Newest checkpoint.
+        signed: u64,
+    },
+    /// Records after the newest checkpoint: appended without the audit key.
+    #[error("records {from} to {to} are not covered by a signed checkpoint")]
+    Unsigned {
+        /// First unsigned record.
+        from: u64,
+        /// Last record.
+        to: u64,
+    },
+    /// A checkpoint names a hash other than its record's.
+    #[error("the checkpoint at record {0} does not match that record's hash")]
+    CheckpointMismatch(u64),
+    /// A checkpoint does not verify.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A record cannot be read at all.
+    #[error("record {seq} cannot be read: {reason}")]
+    Unreadable {
+        /// Its position.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: u64,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+    /// Hash of the last record.
+    pub head_hash: String,
+    /// Audit keys the checkpoints were signed with.
+    pub keys: Vec<String>,
+}
+
+/// Verifies `records` (in stored order) against `checkpoints`.
+///
+/// Checkpoint keys: `pinned` ones are always trusted; with `trust_journal_keys`, keys
+/// introduced by `audit.key` records of the (already verified) chain are trusted too, from
+/// the record that introduces them on.
+pub fn verify(
+    records: impl IntoIterator<Item = Result<Record, (u64, String)>>,
+    checkpoints: &[Checkpoint],
+    pinned: &[VerifyingKey],
+    trust_journal_keys: bool,
+) -> Result<VerifyReport, VerifyError> {
+    let mut by_seq: HashMap<u64, &Checkpoint> = HashMap::new();
+    for c in checkpoints {
+        by_seq.insert(c.seq, c);
+    }
+    let newest = checkpoints.iter().map(|c| c.seq).max().unwrap_or(0);
+    let mut keys: Vec<VerifyingKey> = pinned.to_vec();
+    let mut used = Vec::new();
+    let mut report = VerifyReport {
+        head_hash: GENESIS.to_owned(),
+        ..VerifyReport::default()
+    };
+    let mut last_signed = 0u64;
+    for (i, r) in records.into_iter().enumerate() {
+        let expected = i as u64 + 1;
+        let r = r.map_err(|(seq, reason)| VerifyError::Unreadable { seq, reason })?;
+        if r.seq != expected {
+            return Err(if r.seq > expected {
+                VerifyError::Missing {
+                    missing: expected,
+                    before: expected - 1,
+                    after: r.seq,
+                }
+            } else {
+                VerifyError::OutOfOrder {
+                    expected,
+                    found: r.seq,
+                }
+            });
+        }
+        if !r.hash_ok() {
+            return Err(VerifyError::Edited(r.seq));
+        }
+        if r.prev_hash != report.head_hash {
+            return Err(VerifyError::BrokenLink(r.seq));
+        }
+        if trust_journal_keys && r.kind == kinds::AUDIT_KEY {
+            if let Some(k) = key_of(&r) {
+                keys.push(k);
+            }
+        }
+        if let Some(c) = by_seq.get(&r.seq) {
+            if c.hash != r.hash {
+                return Err(VerifyError::CheckpointMismatch(r.seq));
+            }
+            c.verify(&keys)?;
+            report.checkpoints += 1;
+            last_signed = r.seq;
+            if !used.contains(&c.kid) {
+                used.push(c.kid.clone());
+            }
+        }
+        report.records = r.seq;
+        report.head_hash = r.hash;
+    }
+    if newest > report.records {
+        return Err(VerifyError::Truncated {
+            end: report.records,
+            signed: newest,
+        });
+    }
+    if last_signed < report.records {
+        return Err(VerifyError::Unsigned {
+            from: last_signed + 1,
+            to: report.records,
+        });
+    }
+    report.keys = used;
+    Ok(report)
+}
+
+/// The verifying key an `audit.key` record introduces (`details.kid`, `details.point` hex).
+fn key_of(r: &Record) -> Option<VerifyingKey> {
+    let kid = r.details.get("kid")?.as_str()?.to_owned();
+    let point = hex::decode(r.details.get("point")?.as_str()?).ok()?;
+    Some(VerifyingKey { kid, point })
+}

@@ -1,0 +1,80 @@
+//! The audit journal's part of the store interface: append (atomically, chained, signed,
+//! durable), scan by correlation ID, and read the checkpoints.
+
+use writ_audit::{Checkpoint, NewRecord, Record};
+
+/// Which records [`crate::Store::audit_scan`] visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditQuery<'a> {
+    /// Every record, in order.
+    All,
+    /// Records about this SPIFFE ID.
+    SpiffeId(&'a str),
+    /// Records about this X509-SVID serial (lowercase hex).
+    Serial(&'a str),
+    /// Records about this JWT `jti`.
+    Jti(&'a str),
+    /// Records about this entry.
+    Entry(&'a str),
+    /// Records about this task.
+    Task(&'a str),
+}
+
+impl AuditQuery<'_> {
+    /// The index tag and value, for indexed queries.
+    pub(crate) fn indexed(&self) -> Option<(u8, &str)> {
+        match *self {
+            AuditQuery::All => None,
+            AuditQuery::SpiffeId(v) => Some((b's', v)),
+            AuditQuery::Serial(v) => Some((b'n', v)),
+            AuditQuery::Jti(v) => Some((b'j', v)),
+            AuditQuery::Entry(v) => Some((b'e', v)),
+            AuditQuery::Task(v) => Some((b't', v)),
+        }
+    }
+}
+
+/// The index keys of a record: `<tag><value>\0<seq, 8 bytes big-endian>`.
+pub(crate) fn index_keys(r: &Record) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (tag, v) in [
+        (b's', &r.spiffe_id),
+        (b'n', &r.serial),
+        (b'j', &r.jti),
+        (b'e', &r.entry_id),
+        (b't', &r.task_id),
+    ] {
+        if let Some(v) = v {
+            out.push(index_key(tag, v, r.seq));
+        }
+    }
+    out
+}
+
+/// One index key.
+pub(crate) fn index_key(tag: u8, value: &str, seq: u64) -> Vec<u8> {
+    let mut k = index_prefix(tag, value);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The prefix of every index key for `value`.
+pub(crate) fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 10);
+    k.push(tag);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Signs the new head of the journal (`seq`, `hash`, `time_ms`) with the audit key.
+pub type CheckpointSigner<'a> = &'a (dyn Fn(u64, &str, i64) -> Result<Checkpoint, String> + Sync);
+
+/// A batch to append: the records and the time they are stamped with.
+#[derive(Debug, Clone)]
+pub struct AuditBatch {
+    /// The records, in order.
+    pub records: Vec<NewRecord>,
+    /// Unix milliseconds.
+    pub now_ms: i64,
+}

@@ -1,0 +1,138 @@
+//! The audit journal in sled. Trees: `audit` (seq, 8 bytes big-endian -> record JSON),
+//! `audit_cp` (seq -> checkpoint JSON), `audit_idx` (index keys, see `audit.rs`), and the head
+//! (`seq`, `hash`) under `audit_head` in `meta`.
+//!
+//! Invariant: records, their index keys, the checkpoint of the new head and the head itself are
+//! written in one transaction under the store's write lock, then flushed before returning; so
+//! the journal on disk always ends at a signed checkpoint, and two appends never interleave.
+
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+use writ_audit::{Chain, Checkpoint, Record};
+
+use crate::audit::{index_keys, index_prefix, AuditBatch, AuditQuery, CheckpointSigner};
+use crate::sled_store::{dec, enc, tx_err, SledStore};
+use crate::StoreError;
+
+const HEAD_KEY: &[u8] = b"audit_head";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+impl SledStore {
+    pub(crate) fn audit_head_read(&self) -> Result<(u64, String), StoreError> {
+        Ok(match self.meta.get(HEAD_KEY)? {
+            Some(b) => {
+                let h: Head = dec(&b)?;
+                (h.seq, h.hash)
+            }
+            None => (0, writ_audit::GENESIS.to_owned()),
+        })
+    }
+
+    pub(crate) fn audit_append(
+        &self,
+        batch: AuditBatch,
+        sign: CheckpointSigner<'_>,
+    ) -> Result<Vec<Record>, StoreError> {
+        if batch.records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, hash) = self.audit_head_read()?;
+        let mut chain = Chain::resume(seq, hash);
+        let records: Vec<Record> = batch
+            .records
+            .into_iter()
+            .map(|r| chain.append(r, batch.now_ms))
+            .collect();
+        let cp: Checkpoint =
+            sign(chain.seq, &chain.hash, batch.now_ms).map_err(|e| StoreError::Db(e.into()))?;
+        let encoded: Vec<(Record, Vec<u8>)> = records
+            .iter()
+            .map(|r| Ok((r.clone(), enc(r)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let cp_bytes = enc(&cp)?;
+        let head = enc(&Head {
+            seq: chain.seq,
+            hash: chain.hash.clone(),
+        })?;
+        (&self.audit, &self.audit_cp, &self.audit_idx, &self.meta)
+            .transaction(|(audit, audit_cp, idx, meta)| {
+                for (r, bytes) in &encoded {
+                    audit.insert(&r.seq.to_be_bytes(), bytes.as_slice())?;
+                    for k in index_keys(r) {
+                        idx.insert(k, &[][..])?;
+                    }
+                }
+                audit_cp.insert(&cp.seq.to_be_bytes(), cp_bytes.as_slice())?;
+                meta.insert(HEAD_KEY, head.as_slice())?;
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<StoreError>| tx_err(e))?;
+        self.flush()?;
+        Ok(records)
+    }
+
+    pub(crate) fn audit_visit(
+        &self,
+        query: AuditQuery<'_>,
+        after: u64,
+        visit: &mut dyn FnMut(Result<Record, (u64, String)>) -> bool,
+    ) -> Result<(), StoreError> {
+        let start = (after.saturating_add(1)).to_be_bytes();
+        let read = |k: &[u8], v: &[u8]| -> Result<Record, (u64, String)> {
+            let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            serde_json::from_slice(v).map_err(|e| (seq, e.to_string()))
+        };
+        match query.indexed() {
+            None => {
+                for kv in self.audit.range(start..) {
+                    let (k, v) = kv?;
+                    if !visit(read(&k, &v)) {
+                        break;
+                    }
+                }
+            }
+            Some((tag, value)) => {
+                let prefix = index_prefix(tag, value);
+                let mut from = prefix.clone();
+                from.extend_from_slice(&start);
+                for kv in self.audit_idx.range(from..) {
+                    let (k, _) = kv?;
+                    if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                        break;
+                    }
+                    let seq_bytes = &k[prefix.len()..];
+                    let item = match self.audit.get(seq_bytes)? {
+                        Some(v) => read(seq_bytes, &v),
+                        None => {
+                            let seq = seq_bytes
+                                .try_into()
+                                .map(u64::from_be_bytes)
+                                .unwrap_or(u64::MAX);
+                            Err((seq, "indexed record is missing".to_owned()))
+                        }
+                    };
+                    if !visit(item) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn audit_cps(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.audit_cp
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                dec(&v)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,185 @@
+//! The audit journal in the store: appends chained and signed atomically, scans by
+//! correlation ID, a reopened store continues the chain, and acknowledged appends survive
+//! SIGKILL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use writ_audit::{verify, Actor, Checkpoint, NewRecord, VerifyingKey};
+use writ_store::{AuditBatch, AuditQuery, SledStore, Store};
+
+const CHILD_ENV: &str = "WRIT_AUDIT_CHILD_DIR";
+/// The audit key of a test directory, made on first use so the crashing child and the parent
+/// share it.
+fn key_in(dir: &std::path::Path) -> EcdsaKeyPair {
+    let rng = SystemRandom::new();
+    let path = dir.join("audit-key.pk8");
+    let pkcs8 = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(_) => {
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+            std::fs::write(&path, doc.as_ref()).unwrap();
+            doc.as_ref().to_vec()
+        }
+    };
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng).unwrap()
+}
+
+fn signer(k: &EcdsaKeyPair) -> impl Fn(u64, &str, i64) -> Result<Checkpoint, String> + Sync + '_ {
+    move |seq, hash, t| {
+        Checkpoint::sign(seq, hash, t, "audit-test", |m| {
+            k.sign(&SystemRandom::new(), m)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "sign failed".to_owned())
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn issued(n: u64) -> NewRecord {
+    NewRecord::new("x509.issued", Actor::agent("spiffe://td/writ/agent/a"))
+        .spiffe_id(format!("spiffe://td/w/{}", n % 3))
+        .serial(format!("{n:06x}"))
+        .entry(format!("e{}", n % 5))
+}
+
+fn verify_store(s: &SledStore, k: &EcdsaKeyPair) -> Result<u64, String> {
+    let mut recs = Vec::new();
+    s.audit_scan(AuditQuery::All, 0, &mut |r| {
+        recs.push(r);
+        true
+    })
+    .unwrap();
+    let cps = s.audit_checkpoints().unwrap();
+    let vk = VerifyingKey {
+        kid: "audit-test".into(),
+        point: k.public_key().as_ref().to_vec(),
+    };
+    verify(recs, &cps, &[vk], false)
+        .map(|r| r.records)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn appends_chain_sign_and_query() {
+    let d = tempfile::tempdir().unwrap();
+    let kd = tempfile::tempdir().unwrap();
+    let k = key_in(kd.path());
+    {
+        let s = SledStore::open(d.path()).unwrap();
+        assert_eq!(s.audit_head().unwrap().0, 0);
+        let sign = signer(&k);
+        for b in 0..5u64 {
+            let recs = s
+                .append_audit(
+                    AuditBatch {
+                        records: (b * 10..b * 10 + 10).map(issued).collect(),
+                        now_ms: 1_000 + b as i64,
+                    },
+                    &sign,
+                )
+                .unwrap();
+            assert_eq!(recs.last().unwrap().seq, b * 10 + 10);
+        }
+        assert_eq!(verify_store(&s, &k), Ok(50));
+        let mut by_serial = Vec::new();
+        s.audit_scan(AuditQuery::Serial("000011"), 0, &mut |r| {
+            by_serial.push(r.unwrap().seq);
+            true
+        })
+        .unwrap();
+        assert_eq!(by_serial, vec![18]);
+        let mut by_id = Vec::new();
+        s.audit_scan(AuditQuery::SpiffeId("spiffe://td/w/1"), 20, &mut |r| {
+            by_id.push(r.unwrap().seq);
+            true
+        })
+        .unwrap();
+        assert_eq!(by_id, vec![23, 26, 29, 32, 35, 38, 41, 44, 47, 50]);
+        // A prefix of another value is not a match.
+        let mut none = 0;
+        s.audit_scan(AuditQuery::Entry("e"), 0, &mut |_| {
+            none += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(none, 0);
+    }
+    // Reopened, the chain continues.
+    let s = SledStore::open(d.path()).unwrap();
+    let sign = signer(&k);
+    s.append_audit(
+        AuditBatch {
+            records: vec![issued(99)],
+            now_ms: 9,
+        },
+        &sign,
+    )
+    .unwrap();
+    assert_eq!(verify_store(&s, &k), Ok(51));
+}
+
+/// The writer for the SIGKILL test. Does nothing unless started by the test below.
+#[test]
+fn audit_crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let s = SledStore::open(std::path::Path::new(&dir).join("db")).unwrap();
+    let k = key_in(std::path::Path::new(&dir));
+    let sign = signer(&k);
+    for n in s.audit_head().unwrap().0.. {
+        let recs = s
+            .append_audit(
+                AuditBatch {
+                    records: vec![issued(n), issued(n + 1_000_000)],
+                    now_ms: n as i64,
+                },
+                &sign,
+            )
+            .unwrap();
+        println!("ack {}", recs.last().unwrap().seq);
+    }
+}
+
+#[test]
+fn acknowledged_appends_survive_sigkill_and_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key_in(dir.path());
+    for _round in 0..3 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "audit_crash_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut acked = 0u64;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked < 200 && Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(seq) = line.strip_prefix("ack ") {
+                acked = seq.parse().unwrap();
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let s = SledStore::open(dir.path().join("db")).unwrap();
+        let head = s.audit_head().unwrap().0;
+        assert!(
+            head >= acked,
+            "acknowledged up to {acked}, journal ends at {head}"
+        );
+        assert!(verify_store(&s, &k).is_ok(), "{:?}", verify_store(&s, &k));
+    }
+}
