@@ -1,5 +1,10 @@
 //! The server's TOML config (contract.md). Unknown keys are refused, and every error names the
 //! key it is about, so an operator sees one clear line.
+//!
+//! Plugins (`[node_attestor.<name>]`, `[store.<name>]`, `[key_manager.<name>]`,
+//! `[upstream_authority.<name>]`) are kept as their tables: each plugin reads its own (see
+//! [`crate::plugin`]); here they are only checked against their catalogs. `[ca.upstream]`, the
+//! older spelling of `[upstream_authority.disk]`, keeps working.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,8 +13,12 @@ use serde::Deserialize;
 use writ_ca::KeyType;
 use writ_core::TrustDomain;
 
+pub use crate::plugin::PluginConfig;
 pub use writ_core::config::ConfigError;
 use writ_core::config::{invalid, parse_error};
+
+use crate::plugin::{at_most_one, configured, find};
+use crate::{attest, plugins};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,9 +40,21 @@ struct RawConfig {
     #[serde(default)]
     ca: RawCa,
     #[serde(default)]
-    node_attestor: RawNodeAttestors,
+    node_attestor: toml::Table,
+    #[serde(default)]
+    store: toml::Table,
+    #[serde(default)]
+    key_manager: toml::Table,
+    #[serde(default)]
+    upstream_authority: toml::Table,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default = "default_max_agent_connections")]
+    max_agent_connections: usize,
+}
+
+fn default_max_agent_connections() -> usize {
+    16_384
 }
 
 fn default_x509_ttl() -> String {
@@ -56,8 +77,9 @@ struct RawCa {
     key_type: String,
     #[serde(default = "default_ca_ttl")]
     ttl: String,
+    /// The older spelling of `[upstream_authority.disk]`.
     #[serde(default)]
-    upstream: Option<RawUpstream>,
+    upstream: Option<toml::Table>,
 }
 
 impl Default for RawCa {
@@ -79,47 +101,8 @@ fn default_ca_ttl() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUpstream {
-    cert: PathBuf,
-    key: PathBuf,
-    #[serde(default)]
-    bundle: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNodeAttestors {
-    #[serde(default)]
-    join_token: Option<RawJoinToken>,
-    #[serde(default)]
-    x509pop: Option<RawX509Pop>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJoinToken {}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawX509Pop {
-    ca_bundle: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
-}
-
-/// The upstream ("disk") authority files.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Upstream CA certificate (and chain).
-    pub cert: PathBuf,
-    /// Upstream CA key (PKCS#8 PEM).
-    pub key: PathBuf,
-    /// Roots to publish (default: the last certificate of `cert`).
-    pub bundle: Option<PathBuf>,
 }
 
 /// Validated server settings.
@@ -147,14 +130,20 @@ pub struct ServerConfig {
     pub ca_key_type: KeyType,
     /// CA lifetime (seconds).
     pub ca_ttl: i64,
-    /// Upstream authority, if any.
-    pub upstream: Option<UpstreamConfig>,
-    /// join_token attestor enabled.
-    pub join_token: bool,
-    /// x509pop attestor: the CA bundle node certificates must chain to.
-    pub x509pop_ca_bundle: Option<PathBuf>,
+    /// Enabled node attestors (`[node_attestor.<name>]`), at least one.
+    pub node_attestors: Vec<PluginConfig>,
+    /// The datastore (`[store.<name>]`, default `sled`).
+    pub store: PluginConfig,
+    /// Where CA keys live (`[key_manager.<name>]`, default `disk`).
+    pub key_manager: PluginConfig,
+    /// The authority above writ's CA, if any (`[upstream_authority.<name>]` or `[ca.upstream]`).
+    pub upstream_authority: Option<PluginConfig>,
     /// Metrics and health endpoint address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Most agent-facing connections open at once (`max_agent_connections`, default 16384);
+    /// past it new connections wait in the listen backlog. Keep it under the process's
+    /// descriptor limit (`LimitNOFILE=` in the systemd unit).
+    pub max_agent_connections: usize,
 }
 
 fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
@@ -199,6 +188,12 @@ impl ServerConfig {
         if ca_ttl < 10 {
             return Err(invalid("ca.ttl", "must be at least 10s"));
         }
+        if raw.max_agent_connections == 0 || raw.max_agent_connections > 1 << 20 {
+            return Err(invalid(
+                "max_agent_connections",
+                "must be between 1 and 1048576",
+            ));
+        }
         if raw.attestation_rate_per_ip == 0 {
             return Err(invalid("attestation_rate_per_ip", "must be at least 1"));
         }
@@ -211,13 +206,49 @@ impl ServerConfig {
             })?),
             None => None,
         };
-        let join_token = raw.node_attestor.join_token.is_some();
-        let x509pop_ca_bundle = raw.node_attestor.x509pop.map(|x| x.ca_bundle);
-        if !join_token && x509pop_ca_bundle.is_none() {
+        let node_attestors = configured("node_attestor", attest::CATALOG, raw.node_attestor)?;
+        if node_attestors.is_empty() {
             return Err(invalid(
                 "node_attestor",
-                "enable at least one of [node_attestor.join_token] and [node_attestor.x509pop]",
+                format!(
+                    "enable at least one of {}",
+                    attest::CATALOG
+                        .iter()
+                        .map(|p| format!("[node_attestor.{}]", p.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
+        }
+        let store = at_most_one("store", plugins::STORES, raw.store, Some("sled"))?;
+        let key_manager = at_most_one(
+            "key_manager",
+            plugins::KEY_MANAGERS,
+            raw.key_manager,
+            Some("disk"),
+        )?;
+        let mut upstream_authority = at_most_one(
+            "upstream_authority",
+            plugins::UPSTREAM_AUTHORITIES,
+            raw.upstream_authority,
+            None,
+        )?;
+        if let Some(table) = raw.ca.upstream {
+            if upstream_authority.is_some() {
+                return Err(invalid(
+                    "ca.upstream",
+                    "configure [ca.upstream] or [upstream_authority.<name>], not both",
+                ));
+            }
+            let disk = PluginConfig {
+                name: "disk".into(),
+                table,
+            };
+            (find("upstream_authority", plugins::UPSTREAM_AUTHORITIES, &disk)?.check)(
+                "ca.upstream",
+                &disk.table,
+            )?;
+            upstream_authority = Some(disk);
         }
         Ok(ServerConfig {
             trust_domain,
@@ -231,14 +262,18 @@ impl ServerConfig {
             attestation_rate_per_ip: raw.attestation_rate_per_ip,
             ca_key_type,
             ca_ttl,
-            upstream: raw.ca.upstream.map(|u| UpstreamConfig {
-                cert: u.cert,
-                key: u.key,
-                bundle: u.bundle,
+            node_attestors,
+            store: store.unwrap_or_else(|| PluginConfig {
+                name: "sled".into(),
+                table: toml::Table::new(),
             }),
-            join_token,
-            x509pop_ca_bundle,
+            key_manager: key_manager.unwrap_or_else(|| PluginConfig {
+                name: "disk".into(),
+                table: toml::Table::new(),
+            }),
+            upstream_authority,
             metrics_listen,
+            max_agent_connections: raw.max_agent_connections,
         })
     }
 }
@@ -268,8 +303,13 @@ ca_bundle = "/etc/writ/node-ca.pem"
         assert_eq!(c.trust_domain.as_str(), "example.org");
         assert_eq!(c.default_x509_svid_ttl, 3600);
         assert_eq!(c.ca_ttl, 86_400);
-        assert!(c.join_token);
-        assert!(c.x509pop_ca_bundle.is_some());
+        let names: Vec<&str> = c.node_attestors.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["join_token", "x509pop"]);
+        assert_eq!(
+            (c.store.name.as_str(), c.key_manager.name.as_str()),
+            ("sled", "disk")
+        );
+        assert!(c.upstream_authority.is_none());
     }
 
     #[test]
@@ -302,5 +342,67 @@ ca_bundle = "/etc/writ/node-ca.pem"
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn plugins_read_their_own_tables_and_errors_name_them() {
+        let base = GOOD.replace(
+            "[node_attestor.x509pop]\nca_bundle = \"/etc/writ/node-ca.pem\"\n",
+            "",
+        );
+        for (extra, key) in [
+            (
+                "[node_attestor.x509pop]\nca_bundel = \"/x\"\n",
+                "node_attestor.x509pop",
+            ),
+            ("[node_attestor.bogus]\n", "node_attestor.bogus"),
+            (
+                "[store.postgres]\nurl = \"postgres://x\"\n",
+                "store.postgres",
+            ),
+            ("[store.sled]\npath = \"/x\"\n", "store.sled"),
+            ("[key_manager.hsm]\n", "key_manager.hsm"),
+            (
+                "[upstream_authority.disk]\ncert = \"/c.pem\"\n",
+                "upstream_authority.disk",
+            ),
+            (
+                "[ca.upstream]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nbogus = 1\n",
+                "ca.upstream",
+            ),
+        ] {
+            let err = ServerConfig::parse(&format!("{base}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+        let err = ServerConfig::parse(&format!("{base}[store.postgres]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not built yet"), "{err}");
+        let err = ServerConfig::parse(&base.replace("[node_attestor.join_token]\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[node_attestor.x509pop]"), "{err}");
+    }
+
+    #[test]
+    fn ca_upstream_is_the_disk_upstream_authority() {
+        let disk = "cert = \"/c.pem\"\nkey = \"/k.pem\"\n";
+        let legacy = format!("{GOOD}[ca.upstream]\n{disk}");
+        let new = format!("{GOOD}[upstream_authority.disk]\n{disk}");
+        let a = ServerConfig::parse(&legacy)
+            .unwrap()
+            .upstream_authority
+            .unwrap();
+        let b = ServerConfig::parse(&new)
+            .unwrap()
+            .upstream_authority
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.name, "disk");
+        let both = format!("{legacy}[upstream_authority.disk]\n{disk}");
+        let err = ServerConfig::parse(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ enum Bucket {
 
 /// Entries by ID with the lookups authorisation needs.
 #[derive(Debug, Default)]
-pub struct EntryIndex {
+pub(crate) struct EntryIndex {
     revision: u64,
     by_id: HashMap<String, Arc<Entry>>,
     by_parent: HashMap<SpiffeId, HashSet<String>>,
@@ -39,7 +39,7 @@ pub struct EntryIndex {
 
 impl EntryIndex {
     /// Builds the index from all entries as of `revision`.
-    pub fn new(entries: Vec<Entry>, revision: u64) -> Self {
+    pub(crate) fn new(entries: Vec<Entry>, revision: u64) -> Self {
         let mut idx = EntryIndex {
             revision,
             ..Default::default()
@@ -51,23 +51,13 @@ impl EntryIndex {
     }
 
     /// The revision the index reflects.
-    pub fn revision(&self) -> u64 {
+    pub(crate) fn revision(&self) -> u64 {
         self.revision
     }
 
     /// Number of entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_id.len()
-    }
-
-    /// Whether there are no entries.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    /// One entry.
-    pub fn get(&self, id: &str) -> Option<&Arc<Entry>> {
-        self.by_id.get(id)
     }
 
     fn insert(&mut self, e: Arc<Entry>) {
@@ -138,7 +128,7 @@ impl EntryIndex {
     }
 
     /// Applies a committed change; returns the entry as it was before, if any.
-    pub fn apply(&mut self, c: &Change) -> Option<Arc<Entry>> {
+    pub(crate) fn apply(&mut self, c: &Change) -> Option<Arc<Entry>> {
         let old = self.remove(&c.entry.id);
         if c.kind != ChangeKind::Deleted {
             self.insert(Arc::new(c.entry.clone()));
@@ -148,7 +138,7 @@ impl EntryIndex {
     }
 
     /// The identities an agent acts as: its ID, aliases and matching node alias entries.
-    pub fn identities(&self, node: &AttestedNode, now: i64) -> Vec<SpiffeId> {
+    pub(crate) fn identities(&self, node: &AttestedNode, now: i64) -> Vec<SpiffeId> {
         let mut ids = vec![node.spiffe_id.clone()];
         ids.extend(node.aliases.iter().cloned());
         let mut seen = HashSet::new();
@@ -172,7 +162,7 @@ impl EntryIndex {
     }
 
     /// Every unexpired entry reachable from `identities` through parent links.
-    pub fn authorized(&self, identities: &[SpiffeId], now: i64) -> Vec<Arc<Entry>> {
+    pub(crate) fn authorized(&self, identities: &[SpiffeId], now: i64) -> Vec<Arc<Entry>> {
         let mut out = Vec::new();
         let mut seen_ids: HashSet<&SpiffeId> = HashSet::new();
         let mut seen_entries: HashSet<&str> = HashSet::new();
@@ -187,7 +177,7 @@ impl EntryIndex {
                 let Some(e) = self.by_id.get(eid) else {
                     continue;
                 };
-                if e.is_expired(now) || e.is_node_alias() || !seen_entries.insert(eid) {
+                if !servable(e, now) || !seen_entries.insert(eid) {
                     continue;
                 }
                 out.push(e.clone());
@@ -202,9 +192,13 @@ impl EntryIndex {
     /// The entry `id` if it is in the set [`EntryIndex::authorized`] would return for
     /// `identities`, found by walking up its parent links instead of building the whole set:
     /// time proportional to the entry's ancestry, not to the agent's entries.
-    pub fn authorizes(&self, identities: &[SpiffeId], id: &str, now: i64) -> Option<Arc<Entry>> {
-        let servable = |e: &Entry| !e.is_expired(now) && !e.is_node_alias();
-        let entry = self.by_id.get(id).filter(|e| servable(e))?;
+    pub(crate) fn authorizes(
+        &self,
+        identities: &[SpiffeId],
+        id: &str,
+        now: i64,
+    ) -> Option<Arc<Entry>> {
+        let entry = self.by_id.get(id).filter(|e| servable(e, now))?;
         // Breadth first over parent IDs; an ID is reachable when it is one of the identities, or
         // the SPIFFE ID of a servable entry whose own parent is reachable.
         let mut seen: HashSet<&SpiffeId> = HashSet::new();
@@ -223,7 +217,7 @@ impl EntryIndex {
                 None => &[],
             };
             for p in found {
-                if p.spiffe_id == *parent && servable(p) {
+                if p.spiffe_id == *parent && servable(p, now) {
                     queue.push_back(&p.parent_id);
                 }
             }
@@ -233,13 +227,20 @@ impl EntryIndex {
 
     /// Whether a change to `entry` could alter the authorised set of an agent whose identities
     /// and authorised SPIFFE IDs are `ids` and whose entries are `entry_ids`.
-    pub fn touches<V>(
+    pub(crate) fn touches<V>(
         entry: &Entry,
         ids: &HashSet<SpiffeId>,
         entry_ids: &HashMap<String, V>,
     ) -> bool {
         entry.is_node_alias() || entry_ids.contains_key(&entry.id) || ids.contains(&entry.parent_id)
     }
+}
+
+/// Whether an entry can be served at `now`: not expired, not a node alias, and not for an ID
+/// reserved for writ itself (the API refuses such entries; this also keeps any that predate that
+/// check from ever being issued, as an SVID for the server's ID would impersonate the server).
+fn servable(e: &Entry, now: i64) -> bool {
+    !e.is_expired(now) && !e.is_node_alias() && !writ_core::is_reserved_id(&e.spiffe_id)
 }
 
 #[cfg(test)]
@@ -398,6 +399,35 @@ mod tests {
     }
 
     #[test]
+    fn reserved_ids_are_never_servable() {
+        // An entry for the server's ID (or an agent's) that predates the API check is never
+        // issued, by the set or by the upward walk.
+        let agent = "spiffe://td/writ/agent/x509pop/abc";
+        let idx = EntryIndex::new(
+            vec![
+                entry("srv", "spiffe://td/writ/server/x", agent, &["unix:uid:1"]),
+                entry(
+                    "ag",
+                    "spiffe://td/writ/agent/join_token/t",
+                    agent,
+                    &["unix:uid:1"],
+                ),
+                entry("ok", "spiffe://td/web", agent, &["unix:uid:1"]),
+            ],
+            1,
+        );
+        let ids = [id(agent)];
+        let set: Vec<String> = idx
+            .authorized(&ids, 0)
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(set, ["ok"]);
+        assert!(idx.authorizes(&ids, "srv", 0).is_none());
+        assert!(idx.authorizes(&ids, "ag", 0).is_none());
+    }
+
+    #[test]
     fn apply_keeps_lookups_in_step() {
         let agent = "spiffe://td/writ/agent/x509pop/abc";
         let mut idx = EntryIndex::new(vec![], 0);
@@ -430,7 +460,7 @@ mod tests {
             previous: None,
             at: 0,
         });
-        assert!(idx.is_empty());
+        assert_eq!(idx.len(), 0);
         assert!(idx.by_parent.is_empty() && idx.by_spiffe.is_empty());
         assert_eq!(idx.revision(), 3);
     }

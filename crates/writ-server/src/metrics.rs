@@ -1,8 +1,9 @@
 //! Prometheus metrics and the `/live`, `/ready`, `/metrics` HTTP endpoint.
 //!
 //! Counters are plain atomics rendered in the Prometheus text format; the endpoint is a minimal
-//! HTTP/1.1 responder (GET only, one request per connection, 4 KiB request limit), enough for
-//! probes and scrapers without pulling in an HTTP framework.
+//! HTTP/1.1 responder (GET only, one request per connection, 4 KiB request limit, 5 s per
+//! request, at most 64 connections at once), enough for probes and scrapers without pulling in
+//! an HTTP framework.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use tokio::net::TcpListener;
 
 /// The server's counters and gauges.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Successful attestations.
     pub attest_ok: AtomicU64,
     /// Refused or failed attestations.
@@ -39,9 +40,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts a refused request by its status code.
-    pub fn count_status(&self, s: &tonic::Status) {
-        match s.code() {
+    /// Counts a refused call (or a refused item of a batch) by its status code. Calls are
+    /// counted by the edge layer (`grpc::edge`), once each, from the status they end with.
+    pub(crate) fn count_code(&self, code: tonic::Code) {
+        match code {
             tonic::Code::InvalidArgument => self.invalid_argument.fetch_add(1, Ordering::Relaxed),
             tonic::Code::PermissionDenied => self.permission_denied.fetch_add(1, Ordering::Relaxed),
             _ => 0,
@@ -49,7 +51,7 @@ impl Metrics {
     }
 
     /// Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let g = |a: &AtomicI64| a.load(Ordering::Relaxed);
         format!(
@@ -84,53 +86,76 @@ impl Metrics {
     }
 }
 
-/// Serves `/live`, `/ready` and `/metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Most `/metrics` and probe connections served at once; more wait in the listen backlog.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
+/// How long one request may take, read and write together (a client that connects and sends
+/// nothing, or reads nothing, is dropped).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `/live`, `/ready` and `/metrics` on `addr` until the task is dropped. Accept errors
+/// (descriptors exhausted) back off and never end the endpoint.
+pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics and health endpoint listening");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = crate::conn::AcceptBackoff::new("metrics");
     loop {
-        let (mut sock, _) = listener.accept().await?;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => {
+                backoff.succeeded();
+                sock
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
         let m = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read until the end of the request head or the buffer is full.
-            while n < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf[n..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(k)) => {
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("GET "))
-                .and_then(|l| l.split(' ').next())
-                .unwrap_or("");
-            let (status, body) = match path {
-                "/live" => ("200 OK", "ok\n".to_owned()),
-                "/ready" if m.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
-                "/ready" => ("503 Service Unavailable", "not ready\n".to_owned()),
-                "/metrics" => ("200 OK", m.render()),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            let _permit = permit;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(sock, &m)).await;
         });
     }
+}
+
+/// Reads one request head (at most 4 KiB) and answers it.
+async fn answer(mut sock: tokio::net::TcpStream, m: &Metrics) {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    // Read until the end of the request head or the buffer is full.
+    while n < buf.len() {
+        match sock.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                n += k;
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let path = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("GET "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or("");
+    let (status, body) = match path {
+        "/live" => ("200 OK", "ok\n".to_owned()),
+        "/ready" if m.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
+        "/ready" => ("503 Service Unavailable", "not ready\n".to_owned()),
+        "/metrics" => ("200 OK", m.render()),
+        _ => ("404 Not Found", "not found\n".to_owned()),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }

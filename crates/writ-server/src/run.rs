@@ -1,6 +1,7 @@
-//! Starting and stopping the server: open the datastore and CA, bind the agent-facing TLS
-//! listener and the private admin socket, run the background loops (CA rotation, server SVID
-//! rotation, token pruning), and drain on shutdown.
+//! Starting and stopping the server: build the plugins the config names (datastore, key
+//! manager, upstream authority, node attestors), open the CA, assemble the state, start the
+//! listeners (see [`crate::listen`]) and the background loops (see [`crate::background`]), and
+//! drain on shutdown.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -9,31 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use writ_ca::{
-    CaConfig, CaJournal, CaManager, DiskKeyManager, KeyManager, PrivateKey, SvidRequest,
-    UpstreamAuthority,
-};
-use writ_core::{server_id, Bundle};
-use writ_proto::v1::admin_server::AdminServer;
-use writ_proto::v1::node_server::NodeServer;
-use writ_store::{SledStore, Store};
-use writ_tls::{any_id, SpiffeClientVerifier, SvidResolver};
+use writ_ca::{CaConfig, CaJournal, CaManager};
+use writ_core::Bundle;
+use writ_tls::socket::SocketError;
+use writ_tls::SvidResolver;
 
-use crate::admin_api::AdminApi;
-use crate::attest::{AttestError, Attestors};
+use crate::attest::{self, Attestors};
+use crate::background::{self, mint_server_svid, persist_journal};
 use crate::config::ServerConfig;
 use crate::index::EntryIndex;
+use crate::listen;
 use crate::metrics::Metrics;
-use crate::node_api::NodeApi;
-use crate::state::{Event, ServerState};
-use writ_tls::socket::{bind_private, SocketError};
-
-/// Largest gRPC message the server accepts.
-pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+use crate::plugins;
+use crate::state::{Event, Parts, ServerState};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +37,13 @@ pub enum ServerError {
     Ca(#[from] writ_ca::CaError),
     /// The stored CA journal does not decode.
     #[error("CA journal in the datastore is corrupt: {0}")]
-    Journal(String),
+    Journal(#[source] serde_json::Error),
     /// Admin socket problem.
     #[error(transparent)]
     Socket(#[from] SocketError),
-    /// Attestor setup failed.
+    /// A plugin's config table is not usable (a file it names cannot be read, say).
     #[error(transparent)]
-    Attest(#[from] AttestError),
+    Config(#[from] writ_core::config::ConfigError),
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] writ_tls::TlsError),
@@ -67,9 +58,9 @@ pub enum ServerError {
     /// A gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    /// Other startup failure.
-    #[error("{0}")]
-    Other(String),
+    /// A server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A started server.
@@ -104,7 +95,7 @@ impl RunningServer {
         for t in self.tasks {
             match tokio::time::timeout(grace, t).await {
                 Ok(Ok(Err(e))) => result = Err(e),
-                Ok(Err(e)) => result = Err(ServerError::Other(format!("server task failed: {e}"))),
+                Ok(Err(e)) => result = Err(e.into()),
                 Err(_) => tracing::warn!("in-flight calls did not finish within the grace period"),
                 Ok(Ok(Ok(()))) => {}
             }
@@ -128,23 +119,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(
         format!("cannot restrict data_dir `{}`", cfg.data_dir.display()),
     ))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(cfg.data_dir.join("datastore"))?);
-    let keys: Arc<dyn KeyManager> = Arc::new(DiskKeyManager::open(cfg.data_dir.join("keys"))?);
-    let upstream = match &cfg.upstream {
-        Some(u) => Some(UpstreamAuthority::load(
-            &u.cert,
-            &u.key,
-            u.bundle.as_deref(),
-        )?),
-        None => None,
-    };
+    let store = plugins::store(&cfg)?;
+    let keys = plugins::key_manager(&cfg)?;
+    let upstream = plugins::upstream_authority(&cfg)?;
     let journal: Option<CaJournal> = match store.get_ca_journal()? {
-        Some(b) => {
-            Some(serde_json::from_slice(&b).map_err(|e| ServerError::Journal(e.to_string()))?)
-        }
+        Some(b) => Some(serde_json::from_slice(&b).map_err(ServerError::Journal)?),
         None => None,
     };
     let now = writ_core::now_unix();
+    // A journal the step changed (first start, or an expired active CA replaced) is durable
+    // before the new authority signs anything, starting with the server's own SVID below.
     let ca = CaManager::open(
         CaConfig {
             trust_domain: cfg.trust_domain.clone(),
@@ -157,9 +141,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         upstream,
         journal,
         now,
-    )?;
-    store.put_ca_journal(
-        &serde_json::to_vec(ca.journal()).map_err(|e| ServerError::Journal(e.to_string()))?,
+        &mut |j| persist_journal(store.as_ref(), j),
     )?;
 
     let own = store
@@ -175,96 +157,42 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     // The server's own SVID, for the agent-facing TLS listener.
     let (server_chain, server_key, window) = mint_server_svid(&ca, &cfg)?;
     let server_tls = SvidResolver::new(&server_chain, server_key.pkcs8_der())?;
-    let attestors = Attestors::from_config(&cfg, store.clone())?;
-    let metrics = Arc::new(Metrics::default());
-    let state = ServerState::new(
-        cfg.clone(),
+    let attestors = Attestors::build(
+        &cfg.node_attestors,
+        &attest::Ctx {
+            trust_domain: cfg.trust_domain.clone(),
+            store: store.clone(),
+        },
+    )?;
+    let state = ServerState::new(Parts {
+        cfg: cfg.clone(),
         store,
         ca,
         index,
         own,
         federated,
         server_tls,
-        window,
+        server_svid_window: window,
         attestors,
-        metrics,
-    );
-    state
-        .refresh_own_bundle()
-        .map_err(|s| ServerError::Other(s.message().to_owned()))?;
+        metrics: Arc::new(Metrics::default()),
+    });
+    state.refresh_own_bundle()?;
 
     let (stop, stop_rx) = watch::channel(false);
-    let shutdown = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-
-    // Agent-facing TLS listener.
-    let tls = writ_tls::server_config(
-        state.server_tls.clone(),
-        SpiffeClientVerifier::new(state.trust.clone(), any_id(), true),
-    )?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(io(format!("cannot listen on `{}`", cfg.listen)))?;
     let listen_addr = listener.local_addr().map_err(io("listener address"))?;
-    let (conn_tx, conn_rx) = mpsc::channel(64);
-    let accept_task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
-            // gRPC frames are small; without this, Nagle + delayed ACK add ~40 ms to replies.
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = conn_tx.clone();
-            // Handshakes run in their own tasks so a slow client cannot stall the accept loop.
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send(Ok::<_, std::io::Error>(s)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                }
-            });
-        }
-    });
-    let node_svc = NodeServer::new(NodeApi::new(state.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let node_task = tokio::spawn({
-        let rx = stop_rx.clone();
-        async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(node_svc)
-                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown(rx))
-                .await
-                .map_err(ServerError::from)
-        }
-    });
+    let agents = listen::serve_agents(&state, listener, stop_rx.clone())?;
+    let admin = listen::serve_admin(&state, stop_rx)?;
 
-    // Operator API on the private socket.
-    let admin_listener = bind_private(&cfg.admin_socket)?;
-    let admin_svc = AdminServer::new(AdminApi::new(state.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(64 * 1024 * 1024);
-    let admin_task = tokio::spawn({
-        let rx = stop_rx.clone();
-        async move {
-            tonic::transport::Server::builder()
-                .add_service(admin_svc)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), shutdown(rx))
-                .await
-                .map_err(ServerError::from)
-        }
-    });
-
-    let mut background = vec![accept_task];
-    background.push(tokio::spawn(ca_loop(state.clone())));
-    background.push(tokio::spawn(server_svid_loop(state.clone())));
-    background.push(tokio::spawn(token_prune_loop(state.clone())));
+    let mut background = vec![
+        agents.accept,
+        admin.accept,
+        tokio::spawn(background::ca_loop(state.clone())),
+        tokio::spawn(background::server_svid_loop(state.clone())),
+        tokio::spawn(background::token_prune_loop(state.clone())),
+    ];
     if let Some(addr) = cfg.metrics_listen {
         let m = state.metrics.clone();
         background.push(tokio::spawn(async move {
@@ -279,102 +207,53 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         state,
         listen_addr,
         stop,
-        tasks: vec![node_task, admin_task],
+        tasks: vec![agents.serve, admin.serve],
         background,
     })
 }
 
-/// A chain, its key, and its validity window.
-type ServerSvid = (Vec<Vec<u8>>, PrivateKey, (i64, i64));
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use writ_ca::{KeyType, PrivateKey};
 
-fn mint_server_svid(ca: &CaManager, cfg: &ServerConfig) -> Result<ServerSvid, ServerError> {
-    let key = PrivateKey::generate(writ_ca::KeyType::EcP256)?;
-    let now = writ_core::now_unix();
-    let svid = ca.x509_authority().mint(&SvidRequest {
-        spiffe_id: &server_id(&cfg.trust_domain),
-        public_key_spki: &key.public_key_spki()?,
-        ttl_secs: cfg.agent_svid_ttl,
-        dns_names: &[],
-        now,
-    })?;
-    Ok((svid.chain, key, (now, svid.not_after)))
-}
-
-/// Runs CA rotation steps when they are due; persists the journal and republishes the bundle.
-async fn ca_loop(state: Arc<ServerState>) {
-    loop {
-        let next = state
-            .ca
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_event();
-        let wait = (next - writ_core::now_unix()).clamp(1, 30);
-        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
-        let changed = {
-            let mut ca = state.ca.write().unwrap_or_else(|p| p.into_inner());
-            match ca.tick(writ_core::now_unix()) {
-                Ok(true) => serde_json::to_vec(ca.journal()).ok(),
-                Ok(false) => None,
-                Err(e) => {
-                    tracing::error!(error = %e, "CA rotation step failed");
-                    None
-                }
-            }
-        };
-        if let Some(journal) = changed {
-            if let Err(e) = state.store.put_ca_journal(&journal) {
-                tracing::error!(error = %e, "cannot persist CA journal");
-            }
-            state.metrics.ca_rotations.fetch_add(1, Ordering::Relaxed);
-            if let Err(s) = state.refresh_own_bundle() {
-                tracing::error!(error = %s.message(), "cannot publish bundle");
-            }
-            tracing::info!("CA journal advanced; bundle republished");
-        }
-    }
-}
-
-/// Renews the server's own SVID at half of its lifetime (and when the signing CA changed).
-async fn server_svid_loop(state: Arc<ServerState>) {
-    loop {
-        let (start, end) = *state
-            .server_svid_expiry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let half = start + (end - start) / 2;
-        let wait = (half - writ_core::now_unix()).clamp(1, 30);
-        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
-        if writ_core::now_unix() < half {
-            continue;
-        }
-        let minted = {
-            let ca = state.ca.read().unwrap_or_else(|p| p.into_inner());
-            mint_server_svid(&ca, &state.cfg)
-        };
-        match minted {
-            Ok((chain, key, window)) => match state.server_tls.update(&chain, key.pkcs8_der()) {
-                Ok(()) => {
-                    *state
-                        .server_svid_expiry
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = window;
-                    state.metrics.x509_signed.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(expires_at = window.1, "server SVID rotated");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot install new server SVID"),
-            },
-            Err(e) => tracing::error!(error = %e, "cannot mint server SVID"),
-        }
-    }
-}
-
-async fn token_prune_loop(state: Arc<ServerState>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(300)).await;
-        match state.store.prune_join_tokens(writ_core::now_unix()) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "expired join tokens removed"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune join tokens"),
+    /// `[ca.upstream]` (contract.md, docs/operations.md) and `[upstream_authority.disk]` both
+    /// make the server's CA an intermediate under the operator's CA, whose root is published.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_disk_upstream_authority_works_under_both_spellings() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = writ_core::TrustDomain::new("example.org").unwrap();
+        let root_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let now = writ_core::now_unix();
+        let (root, _) = writ_ca::x509::build_ca_cert(&td, &root_key, 86_400, now, None).unwrap();
+        let cert = dir.path().join("up.pem");
+        let key = dir.path().join("up.key");
+        std::fs::write(&cert, writ_core::pem::encode("CERTIFICATE", &root)).unwrap();
+        std::fs::write(&key, root_key.to_pem()).unwrap();
+        for (i, table) in ["[ca.upstream]", "[upstream_authority.disk]"]
+            .iter()
+            .enumerate()
+        {
+            let d = dir.path().join(i.to_string());
+            let cfg = ServerConfig::parse(&format!(
+                "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\n[node_attestor.join_token]\n{table}\ncert = \"{}\"\nkey = \"{}\"\n",
+                d.join("run/admin.sock").display(),
+                d.join("data").display(),
+                cert.display(),
+                key.display(),
+            ))
+            .unwrap();
+            let srv = start(cfg).await.unwrap();
+            let published = srv.state.bundles.borrow().own.x509_authorities.clone();
+            assert_eq!(published, vec![root.clone()], "{table}");
+            let ca = srv.state.ca.read().unwrap().x509_authority();
+            assert_ne!(
+                ca.cert_der(),
+                root.as_slice(),
+                "{table}: writ's CA is not the root"
+            );
+            srv.shutdown(Duration::from_secs(5)).await.unwrap();
         }
     }
 }

@@ -4,21 +4,87 @@
 
 use std::sync::Arc;
 
-use writ_core::TrustDomain;
+use serde::Deserialize;
+use writ_core::config::ConfigError;
+use writ_core::{IdError, TrustDomain};
 use writ_store::{Store, StoreError};
 
-use super::{agent_id, AttestError, Attested, NodeAttestor, Step};
+use super::{agent_id, AttestError, Attested, Build, Ctx, NodeAttestor, Step};
+use crate::plugin::{check, Plugin};
+
+/// `[node_attestor.join_token]` has no settings (tokens come from `writ token generate`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {}
+
+/// The catalog entry.
+pub(super) const PLUGIN: Plugin<Build> = Plugin {
+    name: "join_token",
+    check: check::<Settings>,
+    build,
+};
+
+fn build(ctx: &Ctx, _: &toml::Table) -> Result<Arc<dyn NodeAttestor>, ConfigError> {
+    Ok(Arc::new(JoinTokenAttestor::new(
+        ctx.trust_domain.clone(),
+        ctx.store.clone(),
+    )))
+}
+
+/// Why a join token was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JoinTokenError {
+    /// Not UTF-8.
+    #[error("join token is not UTF-8")]
+    NotUtf8,
+    /// Not a UUID.
+    #[error("join token has the wrong form")]
+    WrongForm,
+    /// Unknown, used or expired; or the store failed.
+    #[error(transparent)]
+    Token(#[from] StoreError),
+    /// The agent ID it makes is not valid.
+    #[error("agent id: {0}")]
+    AgentId(#[from] IdError),
+}
+
+impl From<JoinTokenError> for AttestError {
+    fn from(e: JoinTokenError) -> Self {
+        match e {
+            JoinTokenError::Token(StoreError::TokenInvalid | StoreError::TokenExpired) => {
+                AttestError::Refused(e.into())
+            }
+            JoinTokenError::Token(_) => AttestError::Internal(e.into()),
+            _ => AttestError::Malformed(e.into()),
+        }
+    }
+}
 
 /// Attests agents by join token.
-pub struct JoinTokenAttestor {
+pub(crate) struct JoinTokenAttestor {
     td: TrustDomain,
     store: Arc<dyn Store>,
 }
 
 impl JoinTokenAttestor {
     /// An attestor that consumes tokens from `store`.
-    pub fn new(td: TrustDomain, store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(td: TrustDomain, store: Arc<dyn Store>) -> Self {
         JoinTokenAttestor { td, store }
+    }
+
+    fn check(&self, payload: &[u8], now: i64) -> Result<Attested, JoinTokenError> {
+        let token = std::str::from_utf8(payload).map_err(|_| JoinTokenError::NotUtf8)?;
+        // Tokens are UUIDs: refuse anything else before touching the store.
+        if token.len() != 36 || !token.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(JoinTokenError::WrongForm);
+        }
+        let t = self.store.consume_join_token(token, now)?;
+        Ok(Attested {
+            agent_id: agent_id(&self.td, "join_token", token)?,
+            selectors: Vec::new(),
+            aliases: t.spiffe_id.into_iter().collect(),
+            can_reattest: false,
+        })
     }
 }
 
@@ -28,28 +94,6 @@ impl NodeAttestor for JoinTokenAttestor {
     }
 
     fn start(&self, payload: &[u8], now: i64) -> Result<Step, AttestError> {
-        let token = std::str::from_utf8(payload)
-            .map_err(|_| AttestError::Malformed("join token is not UTF-8".into()))?;
-        // Tokens are UUIDs: refuse anything else before touching the store.
-        if token.len() != 36 || !token.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(AttestError::Malformed(
-                "join token has the wrong form".into(),
-            ));
-        }
-        let t = self
-            .store
-            .consume_join_token(token, now)
-            .map_err(|e| match e {
-                StoreError::TokenInvalid | StoreError::TokenExpired => {
-                    AttestError::Refused(e.to_string())
-                }
-                other => AttestError::Internal(other.to_string()),
-            })?;
-        Ok(Step::Done(Attested {
-            agent_id: agent_id(&self.td, "join_token", token)?,
-            selectors: Vec::new(),
-            aliases: t.spiffe_id.into_iter().collect(),
-            can_reattest: false,
-        }))
+        Ok(Step::Done(self.check(payload, now)?))
     }
 }

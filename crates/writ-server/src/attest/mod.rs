@@ -1,35 +1,46 @@
-//! Node attestation: the [`NodeAttestor`] trait and its implementations, one module each.
+//! Node attestation, server side: the [`NodeAttestor`] trait, the exchange on the wire
+//! ([`flow`]) and the catalog of attestors, one module each.
 //!
 //! An attestor turns the agent's payload into an [`Attested`] result, possibly after a
-//! challenge-response round ([`Step::Challenge`]). Adding an attestor is one module here and one
-//! line in [`Attestors::from_config`].
+//! challenge-response round ([`Step::Challenge`]). Each reads its own `[node_attestor.<name>]`
+//! table. Adding an attestor is one module here (its settings, its `PLUGIN` and the trait) and
+//! one line in [`CATALOG`]; the agent has its own catalog in `writ-agent`.
 
-pub mod join_token;
-pub mod x509pop;
+pub(crate) mod flow;
+pub(crate) mod join_token;
+pub(crate) mod sshpop;
+pub(crate) mod x509pop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use writ_core::{Selector, SpiffeId, TrustDomain};
+use writ_core::config::ConfigError;
+use writ_core::{IdError, Selector, SpiffeId, TrustDomain};
 use writ_store::Store;
 
-/// Why attestation failed. Messages are safe to return to the agent.
+use crate::plugin::{find, Plugin, PluginConfig};
+
+/// An attestor's own error, kept as the source of an [`AttestError`].
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an attestor did not attest: how the agent is answered, and the attestor's own typed
+/// error as the source. Messages are safe to return to the agent.
 #[derive(Debug, thiserror::Error)]
-pub enum AttestError {
-    /// The payload is malformed.
+pub(crate) enum AttestError {
+    /// The payload or answer is malformed.
     #[error("attestation data is malformed: {0}")]
-    Malformed(String),
+    Malformed(#[source] BoxError),
     /// The evidence does not prove anything (bad token, bad chain, bad signature).
     #[error("attestation refused: {0}")]
-    Refused(String),
+    Refused(#[source] BoxError),
     /// The server failed.
     #[error("attestation failed on the server: {0}")]
-    Internal(String),
+    Internal(#[source] BoxError),
 }
 
 /// What attestation established.
 #[derive(Debug, Clone)]
-pub struct Attested {
+pub(crate) struct Attested {
     /// The agent's SPIFFE ID.
     pub agent_id: SpiffeId,
     /// Node selectors.
@@ -42,13 +53,13 @@ pub struct Attested {
 }
 
 /// A pending challenge: verifies the agent's response.
-pub trait Challenge: Send {
+pub(crate) trait Challenge: Send {
     /// Checks the response and finishes attestation.
     fn verify(self: Box<Self>, response: &[u8]) -> Result<Attested, AttestError>;
 }
 
 /// The outcome of the first attestation step.
-pub enum Step {
+pub(crate) enum Step {
     /// Attestation is complete.
     Done(Attested),
     /// The agent must answer `challenge`; `pending` checks the answer.
@@ -61,54 +72,51 @@ pub enum Step {
 }
 
 /// A server-side node attestor.
-pub trait NodeAttestor: Send + Sync {
+pub(crate) trait NodeAttestor: Send + Sync {
     /// The name agents use (`join_token`, `x509pop`).
     fn name(&self) -> &'static str;
     /// First step with the agent's payload.
     fn start(&self, payload: &[u8], now: i64) -> Result<Step, AttestError>;
 }
 
+/// What attestors are built from, besides their tables.
+pub(crate) struct Ctx {
+    /// The server's trust domain (agent IDs are in it).
+    pub(crate) trust_domain: TrustDomain,
+    /// The datastore (join tokens live there).
+    pub(crate) store: Arc<dyn Store>,
+}
+
+/// Builds an attestor from its table.
+pub(crate) type Build = fn(&Ctx, &toml::Table) -> Result<Arc<dyn NodeAttestor>, ConfigError>;
+
+/// Every node attestor the server knows.
+pub(crate) const CATALOG: &[Plugin<Build>] = &[join_token::PLUGIN, x509pop::PLUGIN, sshpop::PLUGIN];
+
 /// The enabled attestors by name.
 #[derive(Clone, Default)]
-pub struct Attestors {
+pub(crate) struct Attestors {
     by_name: HashMap<&'static str, Arc<dyn NodeAttestor>>,
 }
 
 impl Attestors {
-    /// Builds the attestors the config enables.
-    pub fn from_config(
-        cfg: &crate::config::ServerConfig,
-        store: Arc<dyn Store>,
-    ) -> Result<Self, AttestError> {
+    /// Builds the attestors `configured` (their files are read now).
+    pub(crate) fn build(configured: &[PluginConfig], ctx: &Ctx) -> Result<Self, ConfigError> {
         let mut a = Attestors::default();
-        if cfg.join_token {
-            a.add(Arc::new(join_token::JoinTokenAttestor::new(
-                cfg.trust_domain.clone(),
-                store,
-            )));
-        }
-        if let Some(path) = &cfg.x509pop_ca_bundle {
-            a.add(Arc::new(x509pop::X509PopAttestor::load(
-                cfg.trust_domain.clone(),
-                path,
-            )?));
+        for c in configured {
+            let built = (find("node_attestor", CATALOG, c)?.build)(ctx, &c.table)?;
+            a.by_name.insert(built.name(), built);
         }
         Ok(a)
     }
 
-    /// Registers an attestor.
-    pub fn add(&mut self, a: Arc<dyn NodeAttestor>) {
-        self.by_name.insert(a.name(), a);
-    }
-
     /// The attestor called `name`, if enabled.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn NodeAttestor>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn NodeAttestor>> {
         self.by_name.get(name).cloned()
     }
 }
 
 /// `spiffe://<td>/writ/agent/<attestor>/<id>`, refusing anything non-canonical.
-pub fn agent_id(td: &TrustDomain, attestor: &str, id: &str) -> Result<SpiffeId, AttestError> {
+pub(crate) fn agent_id(td: &TrustDomain, attestor: &str, id: &str) -> Result<SpiffeId, IdError> {
     td.id(&format!("/writ/agent/{attestor}/{id}"))
-        .map_err(|e| AttestError::Malformed(format!("agent id: {e}")))
 }

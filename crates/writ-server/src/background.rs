@@ -1,0 +1,116 @@
+//! The server's background loops: CA rotation steps (and the bundle they change), the server's
+//! own SVID at half life, and pruning of expired join tokens.
+//!
+//! Invariant: a CA journal is durable before any authority it introduces signs (the persist
+//! hook runs inside the rotation step, under the CA write lock).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use writ_ca::{CaJournal, CaManager, PrivateKey, SvidRequest};
+use writ_core::server_id;
+use writ_store::Store;
+
+use crate::config::ServerConfig;
+use crate::run::ServerError;
+use crate::state::{unpoison, ServerState};
+
+/// A chain, its key, and its validity window.
+pub(crate) type ServerSvid = (Vec<Vec<u8>>, PrivateKey, (i64, i64));
+
+/// Mints the server's own SVID (`spiffe://<td>/writ/server`) for a key made here.
+pub(crate) fn mint_server_svid(
+    ca: &CaManager,
+    cfg: &ServerConfig,
+) -> Result<ServerSvid, ServerError> {
+    let key = PrivateKey::generate(writ_ca::KeyType::EcP256)?;
+    let now = writ_core::now_unix();
+    let svid = ca.x509_authority().mint(&SvidRequest {
+        spiffe_id: &server_id(&cfg.trust_domain),
+        public_key_spki: &key.public_key_spki()?,
+        ttl_secs: cfg.agent_svid_ttl,
+        dns_names: &[],
+        now,
+    })?;
+    Ok((svid.chain, key, (now, svid.not_after)))
+}
+
+/// Writes the CA journal to the store (flushed before it returns).
+pub(crate) fn persist_journal(store: &dyn Store, j: &CaJournal) -> Result<(), writ_ca::CaError> {
+    let bytes = serde_json::to_vec(j).map_err(|e| writ_ca::CaError::Persist(e.to_string()))?;
+    store
+        .put_ca_journal(&bytes)
+        .map_err(|e| writ_ca::CaError::Persist(e.to_string()))
+}
+
+/// Runs CA rotation steps when they are due and republishes the bundle. The journal is
+/// persisted inside the step, before a new authority can sign (see `CaManager::tick`); the
+/// write lock is held meanwhile, so no signer can pick up an authority that is not durable.
+pub(crate) async fn ca_loop(state: Arc<ServerState>) {
+    loop {
+        let next = state.ca.read().unwrap_or_else(unpoison).next_event();
+        let wait = (next - writ_core::now_unix()).clamp(1, 30);
+        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        let changed = {
+            let mut ca = state.ca.write().unwrap_or_else(unpoison);
+            let store = state.store.clone();
+            match ca.tick(writ_core::now_unix(), &mut |j| {
+                persist_journal(store.as_ref(), j)
+            }) {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::error!(error = %e, "CA rotation step failed; will retry");
+                    false
+                }
+            }
+        };
+        if changed {
+            state.metrics.ca_rotations.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = state.refresh_own_bundle() {
+                tracing::error!(error = %e, "cannot publish bundle");
+            }
+            tracing::info!("CA journal advanced; bundle republished");
+        }
+    }
+}
+
+/// Renews the server's own SVID at half of its lifetime (and when the signing CA changed).
+pub(crate) async fn server_svid_loop(state: Arc<ServerState>) {
+    loop {
+        let (start, end) = *state.server_svid_window.lock().unwrap_or_else(unpoison);
+        let half = start + (end - start) / 2;
+        let wait = (half - writ_core::now_unix()).clamp(1, 30);
+        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        if writ_core::now_unix() < half {
+            continue;
+        }
+        let minted = {
+            let ca = state.ca.read().unwrap_or_else(unpoison);
+            mint_server_svid(&ca, &state.cfg)
+        };
+        match minted {
+            Ok((chain, key, window)) => match state.server_tls.update(&chain, key.pkcs8_der()) {
+                Ok(()) => {
+                    *state.server_svid_window.lock().unwrap_or_else(unpoison) = window;
+                    state.metrics.x509_signed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(expires_at = window.1, "server SVID rotated");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot install new server SVID"),
+            },
+            Err(e) => tracing::error!(error = %e, "cannot mint server SVID"),
+        }
+    }
+}
+
+/// Removes expired join tokens every five minutes.
+pub(crate) async fn token_prune_loop(state: Arc<ServerState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        match state.store.prune_join_tokens(writ_core::now_unix()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "expired join tokens removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune join tokens"),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The agent-facing `writ.v1.Node` service (served over TLS), behind the edge layer
+//! ([`super::edge`]), which authenticates every method but `Attest` and rate-limits `Attest`.
+//!
+//! Methods translate messages and call the flows; entries asked for are checked against the
+//! caller's authorised set, computed from the entry index on the server, never trusted from the
+//! agent.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use writ_ca::MintedSvid;
+use writ_core::SpiffeId;
+use writ_proto::convert::bundle_to_pb;
+use writ_proto::v1 as pb;
+use writ_proto::v1::node_server::Node;
+
+use super::edge::caller;
+use crate::bundles::BundleSet;
+use crate::signing::SigningQueue;
+use crate::state::ServerState;
+
+/// The Node service.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeApi {
+    state: Arc<ServerState>,
+    queue: SigningQueue,
+}
+
+impl NodeApi {
+    /// Wraps the shared state.
+    pub(crate) fn new(state: Arc<ServerState>) -> Self {
+        NodeApi {
+            queue: SigningQueue::new(state.clone()),
+            state,
+        }
+    }
+
+    /// The message carrying an agent's new SVID, with the current own bundle.
+    fn agent_svid(&self, id: &SpiffeId, svid: MintedSvid) -> Result<pb::AgentSvid, Status> {
+        let own = self.state.bundles.borrow().own.clone();
+        Ok(pb::AgentSvid {
+            spiffe_id: id.to_string(),
+            cert_chain: svid.chain,
+            expires_at: svid.not_after,
+            bundle: Some(bundle_to_pb(&own)?),
+        })
+    }
+}
+
+fn bundles_pb(b: &BundleSet) -> Result<pb::WatchBundlesResponse, Status> {
+    Ok(pb::WatchBundlesResponse {
+        own: Some(bundle_to_pb(&b.own)?),
+        federated: b
+            .federated
+            .iter()
+            .map(bundle_to_pb)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    type AttestStream = Stream<pb::AttestResponse>;
+
+    async fn attest(
+        &self,
+        req: Request<Streaming<pb::AttestRequest>>,
+    ) -> Result<Response<Self::AttestStream>, Status> {
+        let (tx, rx) = mpsc::channel(2);
+        let api = self.clone();
+        let inbound = req.into_inner();
+        tokio::spawn(async move {
+            let st = &api.state;
+            let done = match crate::attest::flow::attest(st, inbound, &tx).await {
+                Ok((id, svid)) => match api.agent_svid(&id, svid) {
+                    Ok(s) => tx
+                        .send(Ok(pb::AttestResponse {
+                            step: Some(pb::attest_response::Step::Svid(s)),
+                        }))
+                        .await
+                        .map_err(|_| Status::cancelled("agent went away")),
+                    Err(s) => Err(s),
+                },
+                Err(e) => Err(Status::from(e)),
+            };
+            match done {
+                Ok(()) => {
+                    st.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(s) => {
+                    st.metrics.attest_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %s.message(), "attestation failed");
+                    let _ = tx.send(Err(s)).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let who = caller(&req)?;
+        let (node, svid) = self.state.renew_agent(&who, &req.get_ref().csr)?;
+        Ok(Response::new(pb::RenewAgentResponse {
+            svid: Some(self.agent_svid(&node.spiffe_id, svid)?),
+        }))
+    }
+
+    type SyncEntriesStream = Stream<pb::SyncEntriesResponse>;
+
+    async fn sync_entries(
+        &self,
+        req: Request<pb::SyncEntriesRequest>,
+    ) -> Result<Response<Self::SyncEntriesStream>, Status> {
+        let node = caller(&req)?.node;
+        let after = req.get_ref().after_revision;
+        // Subscribe before taking the snapshot so no change can fall in between.
+        let events = self.state.events.subscribe();
+        let (tx, rx) = mpsc::channel(8);
+        let st = self.state.clone();
+        tokio::spawn(async move {
+            st.metrics.sync_streams.fetch_add(1, Ordering::Relaxed);
+            let r = crate::sync::sync_loop(&st, node, after, events, &tx).await;
+            st.metrics.sync_streams.fetch_sub(1, Ordering::Relaxed);
+            if let Err(end) = r {
+                let _ = tx.send(Err(end.into())).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn batch_sign_x509(
+        &self,
+        req: Request<pb::BatchSignX509Request>,
+    ) -> Result<Response<pb::BatchSignX509Response>, Status> {
+        let node = caller(&req)?.node;
+        let resp = self
+            .queue
+            .sign_batch(&node, req.into_inner().requests)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn mint_jwt(
+        &self,
+        req: Request<pb::MintJwtRequest>,
+    ) -> Result<Response<pb::MintJwtResponse>, Status> {
+        let node = caller(&req)?.node;
+        let r = req.get_ref();
+        let (token, expires_at) = self.state.mint_jwt_for(&node, &r.entry_id, &r.audience)?;
+        Ok(Response::new(pb::MintJwtResponse { token, expires_at }))
+    }
+
+    type WatchBundlesStream = Stream<pb::WatchBundlesResponse>;
+
+    async fn watch_bundles(
+        &self,
+        req: Request<pb::WatchBundlesRequest>,
+    ) -> Result<Response<Self::WatchBundlesStream>, Status> {
+        let node = caller(&req)?.node;
+        let mut watch = self.state.watch_bundles(node.spiffe_id);
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = watch.next() => n,
+                    _ = tx.closed() => return,
+                };
+                let msg = match next {
+                    Ok(b) => bundles_pb(&b),
+                    Err(end) => {
+                        let _ = tx.send(Err(end.into())).await;
+                        return;
+                    }
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
