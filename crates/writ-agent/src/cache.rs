@@ -43,6 +43,9 @@ pub struct Cache {
     unselected: HashSet<String>,
     /// How many entries have each SPIFFE ID (an entry parented to one is nested, not servable).
     spiffe_ids: HashMap<SpiffeId, usize>,
+    /// How many entries use each selector kind (`unix:sha256`, ...): attestors skip expensive
+    /// selectors (hashing a binary) that no entry asks for.
+    kinds: HashMap<String, usize>,
     /// SVIDs by entry ID.
     pub svids: HashMap<String, CachedSvid>,
     /// Own trust domain bundle.
@@ -61,6 +64,7 @@ impl Cache {
             by_selector: HashMap::new(),
             unselected: HashSet::new(),
             spiffe_ids: HashMap::new(),
+            kinds: HashMap::new(),
             svids: HashMap::new(),
             own_bundle,
             federated: Vec::new(),
@@ -78,6 +82,7 @@ impl Cache {
         self.by_selector.clear();
         self.unselected.clear();
         self.spiffe_ids.clear();
+        self.kinds.clear();
         for (_, e) in entries {
             self.upsert_entry(e);
         }
@@ -98,6 +103,9 @@ impl Cache {
             }
         }
         *self.spiffe_ids.entry(e.spiffe_id.clone()).or_default() += 1;
+        for k in selector_kinds(&e) {
+            *self.kinds.entry(k).or_default() += 1;
+        }
         self.entries.insert(e.id.clone(), e);
     }
 
@@ -125,6 +133,19 @@ impl Cache {
                 self.spiffe_ids.remove(&e.spiffe_id);
             }
         }
+        for k in selector_kinds(&e) {
+            if let Some(n) = self.kinds.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.kinds.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Whether any entry has a selector of this kind (`unix:sha256` for `unix:sha256:<hex>`).
+    pub fn uses_selector_kind(&self, kind: &str) -> bool {
+        self.kinds.contains_key(kind)
     }
 
     fn is_servable(&self, e: &Entry, now: i64) -> bool {
@@ -172,6 +193,18 @@ impl Cache {
             .iter()
             .find(|b| b.trust_domain.as_str() == td)
     }
+}
+
+/// The distinct kinds (`type:first-part-of-value`) of an entry's selectors.
+fn selector_kinds(e: &Entry) -> HashSet<String> {
+    e.selectors
+        .iter()
+        .map(|s| {
+            let v = s.value();
+            let head = v.split_once(':').map_or(v, |(h, _)| h);
+            format!("{}:{head}", s.kind())
+        })
+        .collect()
 }
 
 #[cfg(test)]

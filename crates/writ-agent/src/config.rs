@@ -8,6 +8,8 @@ use writ_core::TrustDomain;
 pub use writ_core::config::ConfigError;
 use writ_core::config::{invalid, parse_error};
 
+pub use crate::node_attest::NodeAttestorConfig;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -19,61 +21,22 @@ struct Raw {
     #[serde(default)]
     trust_bundle_path: Option<PathBuf>,
     #[serde(default)]
-    node_attestor: RawNodeAttestor,
+    node_attestor: toml::Table,
     #[serde(default)]
-    workload_attestor: RawWorkloadAttestor,
+    workload_attestor: toml::Table,
+    #[serde(default)]
+    workload_api: RawWorkloadApi,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawNodeAttestor {
+struct RawWorkloadApi {
     #[serde(default)]
-    join_token: Option<RawJoinToken>,
+    max_connections: Option<usize>,
     #[serde(default)]
-    x509pop: Option<RawX509Pop>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJoinToken {
+    max_connections_per_uid: Option<usize>,
     #[serde(default)]
-    token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawX509Pop {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWorkloadAttestor {
-    #[serde(default)]
-    unix: Option<RawUnix>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUnix {
-    /// Largest binary hashed for `unix:sha256`.
-    #[serde(default)]
-    max_hash_bytes: Option<u64>,
-}
-
-/// How the agent attests its node.
-#[derive(Debug, Clone)]
-pub enum NodeAttestation {
-    /// A join token (from config or `--join-token`).
-    JoinToken(Option<String>),
-    /// x509 proof of possession with these files.
-    X509Pop {
-        /// Node certificate chain (PEM).
-        cert: PathBuf,
-        /// Node key (PKCS#8 PEM).
-        key: PathBuf,
-    },
+    first_request_timeout: Option<String>,
 }
 
 /// Validated agent settings.
@@ -91,16 +54,32 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Bootstrap trust bundle (PEM), used until the agent has a bundle of its own.
     pub trust_bundle_path: Option<PathBuf>,
-    /// Node attestation method.
-    pub node_attestation: NodeAttestation,
-    /// Unix workload attestor: largest binary hashed for `unix:sha256`.
-    pub unix_max_hash_bytes: u64,
+    /// The node attestor plugin and its table (`[node_attestor.<name>]`).
+    pub node_attestor: NodeAttestorConfig,
+    /// Workload attestor plugin tables (`[workload_attestor.<name>]`), validated.
+    pub workload_attestors: toml::Table,
+    /// Workload API connection limits (`[workload_api]`).
+    pub workload_limits: crate::conn::Limits,
 }
 
-/// Default bound on binaries hashed for `unix:sha256` (256 MiB).
-pub const DEFAULT_MAX_HASH_BYTES: u64 = 256 * 1024 * 1024;
+pub use crate::workload_attest::DEFAULT_MAX_HASH_BYTES;
 
 impl AgentConfig {
+    /// Uses `token` as the join token (`writ agent run --join-token`); an error when the
+    /// config uses another node attestor.
+    pub fn set_join_token(&mut self, token: String) -> Result<(), String> {
+        if self.node_attestor.name != "join_token" {
+            return Err(format!(
+                "--join-token given but the config uses the {} node attestor",
+                self.node_attestor.name
+            ));
+        }
+        self.node_attestor
+            .table
+            .insert("token".into(), toml::Value::String(token));
+        Ok(())
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         writ_core::config::load(path, Self::parse)
@@ -132,26 +111,40 @@ impl AgentConfig {
                 "must not be in the same directory as the Workload API socket",
             ));
         }
-        let node_attestation = match (raw.node_attestor.join_token, raw.node_attestor.x509pop) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "node_attestor",
-                    "configure either join_token or x509pop, not both",
-                ))
-            }
-            (Some(j), None) => NodeAttestation::JoinToken(j.token),
-            (None, Some(x)) => NodeAttestation::X509Pop {
-                cert: x.cert,
-                key: x.key,
-            },
-            (None, None) => {
-                return Err(invalid(
-                    "node_attestor",
-                    "configure [node_attestor.join_token] or [node_attestor.x509pop]",
-                ))
-            }
+        let node_attestor = NodeAttestorConfig::from_tables(raw.node_attestor)?;
+        // Built once here so that a bad table is refused at start (and by `--check`).
+        crate::workload_attest::build(&raw.workload_attestor)?;
+        let defaults = crate::conn::Limits::default();
+        let wa = raw.workload_api;
+        let positive = |key: &'static str, v: Option<usize>, d: usize| match v {
+            Some(0) => Err(invalid(key, "must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(d),
         };
-        let unix = raw.workload_attestor.unix.unwrap_or_default();
+        let workload_limits = crate::conn::Limits {
+            max_connections: positive(
+                "workload_api.max_connections",
+                wa.max_connections,
+                defaults.max_connections,
+            )?,
+            max_connections_per_uid: positive(
+                "workload_api.max_connections_per_uid",
+                wa.max_connections_per_uid,
+                defaults.max_connections_per_uid,
+            )?,
+            first_request_timeout: match wa.first_request_timeout {
+                None => defaults.first_request_timeout,
+                Some(t) => writ_core::duration::parse_duration(&t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            "workload_api.first_request_timeout",
+                            format!("`{t}` is not a positive duration (30s, 5m, 1h)"),
+                        )
+                    })?,
+            },
+        };
         Ok(AgentConfig {
             trust_domain,
             server_address: raw.server_address,
@@ -159,8 +152,9 @@ impl AgentConfig {
             admin_socket: raw.admin_socket,
             data_dir: raw.data_dir,
             trust_bundle_path: raw.trust_bundle_path,
-            node_attestation,
-            unix_max_hash_bytes: unix.max_hash_bytes.unwrap_or(DEFAULT_MAX_HASH_BYTES),
+            node_attestor,
+            workload_attestors: raw.workload_attestor,
+            workload_limits,
         })
     }
 }
@@ -183,11 +177,8 @@ trust_bundle_path = "/etc/writ/bootstrap.pem"
     #[test]
     fn contract_example_parses() {
         let c = AgentConfig::parse(GOOD).unwrap();
-        assert!(matches!(
-            c.node_attestation,
-            NodeAttestation::JoinToken(None)
-        ));
-        assert_eq!(c.unix_max_hash_bytes, DEFAULT_MAX_HASH_BYTES);
+        assert_eq!(c.node_attestor.name, "join_token");
+        assert!(c.node_attestor.table.is_empty());
     }
 
     #[test]
@@ -206,6 +197,26 @@ trust_bundle_path = "/etc/writ/bootstrap.pem"
                 "admin_socket",
             ),
             ("[node_attestor.join_token]", "", "node_attestor"),
+            (
+                "[node_attestor.join_token]",
+                "[node_attestor.bogus]",
+                "node_attestor.bogus",
+            ),
+            (
+                "[node_attestor.join_token]",
+                "[node_attestor.x509pop]\ncert = \"/c.pem\"",
+                "node_attestor.x509pop",
+            ),
+            (
+                "[workload_attestor.unix]",
+                "[workload_attestor.unix]\nmax_hash_bytes = \"big\"",
+                "workload_attestor.unix",
+            ),
+            (
+                "[workload_attestor.unix]",
+                "[workload_attestor.docker]",
+                "workload_attestor.docker",
+            ),
         ] {
             let err = AgentConfig::parse(&GOOD.replace(from, to))
                 .unwrap_err()

@@ -1,32 +1,52 @@
 //! writ-agent: the node agent.
 //!
-//! - [`config`]: the agent's TOML config.
-//! - [`node_client`]: the TLS channel to the server (server authenticated by SPIFFE ID) and the
-//!   attestation exchange (`join_token`, `x509pop`).
-//! - [`agent`]: the session loop: attest or resume, push sync of entries, SVID signing and
-//!   rotation with jitter, bundle following, agent SVID renewal, reconnect with backoff.
-//! - [`cache`]: entries, workload SVIDs and bundles held for workloads.
-//! - [`attestor`]: workload attestation (the `unix` attestor, from `SO_PEERCRED` and `/proc`).
-//! - [`workload_api`]: the SPIFFE Workload API.
+//! Data flow, one file a step:
+//! - [`config`]: the agent's TOML config; each plugin reads its own table.
+//! - `node_attest/`: node attestation plugins, agent side (`join_token`, `x509pop`).
+//! - `node_client`: the TLS channel to the server (server authenticated by SPIFFE ID) and the
+//!   attestation exchange.
+//! - `state`: what the agent knows (identity, trust bundle, the workload view).
+//! - `session`: attest or resume, one mTLS session at a time, renewal, reconnect with backoff.
+//! - `sync`: entries and bundles from the server into the cache.
+//! - `signer`: an X509-SVID for every servable entry, rotation with jitter.
+//! - `view`: [`view::WorkloadView`], all the Workload API reads (cache, change signal, JWTs).
+//! - `jwt`, `jwt_cache`: JWT-SVID minting, the bounded cache, the limits on audiences.
+//! - `conn`: accepting Workload API connections: caps, back-off, attestation bound to the
+//!   connection.
+//! - `workload_attest/`: workload attestation plugins (`unix`, from `SO_PEERCRED` and `/proc`).
+//! - `workload_api/`: the SPIFFE Workload API.
 //! - [`workload_client`]: a client for it (used by `writ svid`, `writ jwt`, `writ helper`).
-//! - [`persist`]: the agent identity and bundle on disk.
+//! - `persist`: the agent identity and bundle on disk.
 //! - [`run`]: start-up and shutdown.
 //!
 //! Invariants: workload keys are made here and never leave the node except to the workload;
 //! an SVID is only served to a caller whose kernel-attested selectors include all of the
 //! entry's; attestation fails closed.
 
-pub mod agent;
-pub mod attestor;
-pub mod authority;
 pub mod cache;
 pub mod config;
-pub mod hpack;
+pub(crate) mod conn;
+pub(crate) mod jwt;
+pub(crate) mod jwt_cache;
+pub mod node_attest;
 pub mod node_client;
-pub mod persist;
+pub(crate) mod persist;
+mod plugin;
 pub mod run;
-pub mod workload_api;
+pub(crate) mod session;
+pub(crate) mod signer;
+pub mod state;
+pub(crate) mod sync;
+pub mod view;
+pub(crate) mod workload_api;
+pub(crate) mod workload_attest;
 pub mod workload_client;
 
 pub use config::AgentConfig;
 pub use run::{start, RunningAgent};
+
+/// Entry points for fuzz targets and benchmarks only; not a stable API.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::workload_attest::{own_ids, parse_start_ticks};
+}

@@ -16,6 +16,9 @@ use writ_proto::v1::node_client::NodeClient;
 use writ_tls::rustls::pki_types::ServerName;
 use writ_tls::{exact_id, SharedBundle, SpiffeServerVerifier, SvidResolver};
 
+pub use crate::node_attest::Evidence;
+use crate::node_attest::NodeAttestorClient;
+
 /// Node API client failures.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeClientError {
@@ -36,6 +39,9 @@ pub enum NodeClientError {
     /// Key or CSR problem.
     #[error(transparent)]
     Ca(#[from] writ_ca::CaError),
+    /// The node attestor could not produce its evidence or answer.
+    #[error("node attestation: {0}")]
+    Evidence(String),
     /// The server's answer does not make sense.
     #[error("unexpected answer from server: {0}")]
     Protocol(String),
@@ -119,34 +125,20 @@ pub fn agent_svid(p: pb::AgentSvid, td: &TrustDomain) -> Result<AgentSvid, NodeC
     })
 }
 
-/// Evidence for attestation.
-pub enum Evidence<'a> {
-    /// A join token.
-    JoinToken(&'a str),
-    /// An x509pop node certificate chain (DER, leaf first) and its key.
-    X509Pop {
-        /// Chain, leaf first.
-        chain: &'a [Vec<u8>],
-        /// The node key.
-        key: &'a PrivateKey,
-    },
-}
-
-/// Attests with `evidence`, asking for an SVID for `agent_key`.
+/// Attests with `attestor`'s evidence, asking for an SVID for `agent_key`.
 pub async fn attest(
     client: &mut Node,
     td: &TrustDomain,
-    evidence: Evidence<'_>,
+    attestor: impl NodeAttestorClient,
     agent_key: &PrivateKey,
 ) -> Result<AgentSvid, NodeClientError> {
-    let (attestor, payload) = match &evidence {
-        Evidence::JoinToken(t) => ("join_token", t.as_bytes().to_vec()),
-        Evidence::X509Pop { chain, .. } => ("x509pop", chain.concat()),
-    };
+    let payload = attestor
+        .payload()
+        .map_err(|e| NodeClientError::Evidence(e.to_string()))?;
     let (tx, rx) = mpsc::channel(2);
     tx.send(pb::AttestRequest {
         step: Some(pb::attest_request::Step::Params(pb::AttestParams {
-            attestor: attestor.to_owned(),
+            attestor: attestor.name().to_owned(),
             payload,
             csr: agent_key.csr_der()?,
         })),
@@ -160,13 +152,10 @@ pub async fn attest(
             .await?
             .ok_or_else(|| NodeClientError::Protocol("attestation ended without an SVID".into()))?;
         match msg.step {
-            Some(pb::attest_response::Step::Challenge(nonce)) => {
-                let Evidence::X509Pop { key, .. } = &evidence else {
-                    return Err(NodeClientError::Protocol("unexpected challenge".into()));
-                };
-                let mut m = writ_proto::X509POP_CONTEXT.to_vec();
-                m.extend_from_slice(&nonce);
-                let sig = key.sign_asn1(&m)?;
+            Some(pb::attest_response::Step::Challenge(challenge)) => {
+                let sig = attestor
+                    .answer(&challenge)
+                    .map_err(|e| NodeClientError::Evidence(e.to_string()))?;
                 tx.send(pb::AttestRequest {
                     step: Some(pb::attest_request::Step::ChallengeResponse(sig)),
                 })

@@ -9,7 +9,7 @@ use writ_core::{Bundle, SpiffeId, TrustDomain};
 
 /// The agent's own SVID and key.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Agent SPIFFE ID.
     pub spiffe_id: SpiffeId,
     /// Chain, leaf first (DER).
@@ -45,7 +45,7 @@ pub enum PersistError {
 
 /// The files of one agent's data directory.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
 }
 
@@ -64,20 +64,14 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
 }
 
 /// Reads the validity window and SPIFFE ID of a leaf.
-pub fn leaf_info(der: &[u8]) -> Option<(SpiffeId, i64, i64)> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let id = writ_ca::svid::check_leaf(der).ok()?;
-    let (_, c) = X509Certificate::from_der(der).ok()?;
-    Some((
-        id,
-        c.validity().not_before.timestamp(),
-        c.validity().not_after.timestamp(),
-    ))
+pub(crate) fn leaf_info(der: &[u8]) -> Option<(SpiffeId, i64, i64)> {
+    let l = writ_ca::svid::parse_leaf(der).ok()?;
+    Some((l.spiffe_id, l.not_before, l.not_after))
 }
 
 impl Store {
     /// Opens (creating, mode 0700) the data directory.
-    pub fn open(dir: &Path) -> Result<Self, PersistError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, PersistError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
@@ -91,7 +85,7 @@ impl Store {
     }
 
     /// Saves the identity (key first, 0600).
-    pub fn save_identity(&self, id: &Identity) -> Result<(), PersistError> {
+    pub(crate) fn save_identity(&self, id: &Identity) -> Result<(), PersistError> {
         let k = self.p("agent_svid.key");
         writ_ca::keys::write_atomic(&k, id.key.to_pem().as_bytes(), 0o600).map_err(io(&k))?;
         let c = self.p("agent_svid.pem");
@@ -100,7 +94,7 @@ impl Store {
     }
 
     /// Loads the identity, if one is stored and has not expired at `now`.
-    pub fn load_identity(&self, now: i64) -> Result<Option<Identity>, PersistError> {
+    pub(crate) fn load_identity(&self, now: i64) -> Result<Option<Identity>, PersistError> {
         let (c, k) = (self.p("agent_svid.pem"), self.p("agent_svid.key"));
         let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) else {
             return Ok(None);
@@ -124,20 +118,20 @@ impl Store {
     }
 
     /// Forgets the identity (after eviction).
-    pub fn clear_identity(&self) {
+    pub(crate) fn clear_identity(&self) {
         let _ = std::fs::remove_file(self.p("agent_svid.pem"));
         let _ = std::fs::remove_file(self.p("agent_svid.key"));
     }
 
     /// Saves the trust domain bundle.
-    pub fn save_bundle(&self, b: &Bundle) -> Result<(), PersistError> {
+    pub(crate) fn save_bundle(&self, b: &Bundle) -> Result<(), PersistError> {
         let p = self.p("bundle.json");
         let json = b.to_json().map_err(|e| corrupt(&p, e))?;
         writ_ca::keys::write_atomic(&p, json.as_bytes(), 0o600).map_err(io(&p))
     }
 
     /// Loads the trust domain bundle, if stored.
-    pub fn load_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, PersistError> {
+    pub(crate) fn load_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, PersistError> {
         let p = self.p("bundle.json");
         match std::fs::read(&p) {
             Ok(b) => Bundle::from_json(td.clone(), &b)

@@ -1,13 +1,11 @@
 //! Starting and stopping the agent: bind the Workload API socket (public) and the admin socket
 //! (private, in another directory), start the session loop, serve.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use writ_core::Bundle;
 use writ_proto::v1 as pb;
@@ -15,10 +13,12 @@ use writ_proto::v1::agent_admin_server::{AgentAdmin, AgentAdminServer};
 use writ_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use writ_tls::socket::{bind, Access};
 
-use crate::agent::{AgentError, AgentState};
-use crate::attestor::{UnixAttestor, WorkloadAttestor};
 use crate::config::AgentConfig;
+use crate::conn::{accept_loop, workload_incoming, Attestation};
+use crate::state::{AgentError, AgentState};
+use crate::view::WorkloadView;
 use crate::workload_api::WorkloadApi;
+use crate::workload_attest::KindFilter;
 
 /// A started agent.
 pub struct RunningAgent {
@@ -44,17 +44,8 @@ impl AgentAdmin for Admin {
         &self,
         _r: Request<pb::AgentHealthRequest>,
     ) -> Result<Response<pb::AgentHealthResponse>, Status> {
-        let (agent_id, expires) = {
-            let id = self
-                .state
-                .identity
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            id.as_ref()
-                .map(|i| (i.spiffe_id.to_string(), i.expires_at))
-                .unwrap_or_default()
-        };
-        let c = self.state.cache.read().unwrap_or_else(|p| p.into_inner());
+        let (agent_id, expires) = self.state.identity_summary().unwrap_or_default();
+        let c = self.state.view.read();
         let now = writ_core::now_unix();
         let earliest = c.svids.values().map(|s| s.expires_at).min().unwrap_or(0);
         let without = c
@@ -66,7 +57,7 @@ impl AgentAdmin for Admin {
             earliest_svid_expiry: earliest,
             entries_without_svid: without,
             agent_id,
-            connected: self.state.connected.load(Ordering::Relaxed),
+            connected: self.state.view.is_connected(),
             entries: c.entries().len() as u64,
             svids: c.svids.len() as u64,
             agent_svid_expires_at: expires,
@@ -85,15 +76,29 @@ pub async fn start(
         bind(&cfg.socket_path, Access::Public).map_err(|e| AgentError::Socket(e.to_string()))?;
     let admin_listener =
         bind(&cfg.admin_socket, Access::Private).map_err(|e| AgentError::Socket(e.to_string()))?;
-    let attestors: Vec<Arc<dyn WorkloadAttestor>> =
-        vec![Arc::new(UnixAttestor::new(cfg.unix_max_hash_bytes))];
-    let state = AgentState::new(cfg, bootstrap)?;
+    let attestors = crate::workload_attest::build(&cfg.workload_attestors)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let node_attestor: Arc<dyn crate::node_attest::NodeAttestorClient> = Arc::from(
+        cfg.node_attestor
+            .build()
+            .map_err(|e| AgentError::Config(e.to_string()))?,
+    );
+    raise_nofile_limit();
+    let limits = cfg.workload_limits;
+    let state = AgentState::new(cfg, bootstrap, node_attestor)?;
+    let kinds_view = state.view.clone();
+    let attestation = Arc::new(Attestation {
+        attestors,
+        kinds: Arc::new(move || -> Box<dyn KindFilter + Send> {
+            Box::new(CacheKinds(kinds_view.clone()))
+        }),
+    });
     let (stop, stop_rx) = watch::channel(false);
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = vec![tokio::spawn(state.clone().run())];
-    let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.clone(), attestors))
+    let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.view.clone()))
         .max_decoding_message_size(64 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     let rx = stop_rx.clone();
@@ -103,9 +108,7 @@ pub async fn start(
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(wl)
             .serve_with_incoming_shutdown(
-                tokio_stream::StreamExt::map(UnixListenerStream::new(workload_listener), |c| {
-                    c.map(crate::authority::AuthorityFix::new)
-                }),
+                workload_incoming(workload_listener, limits, attestation),
                 shutdown(rx),
             )
             .await
@@ -120,7 +123,7 @@ pub async fn start(
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(admin)
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(admin_listener),
+                accept_loop(admin_listener, "agent admin", Some),
                 shutdown(stop_rx),
             )
             .await
@@ -141,7 +144,7 @@ impl RunningAgent {
         if let Some(first) = self.tasks.first() {
             first.abort();
         }
-        self.state.generation.send_modify(|g| *g += 1);
+        self.state.view.notify();
         for t in self.tasks.into_iter().skip(1) {
             let abort = t.abort_handle();
             if tokio::time::timeout(grace, t).await.is_err() {
@@ -150,5 +153,28 @@ impl RunningAgent {
         }
         let _ = std::fs::remove_file(&self.state.cfg.socket_path);
         let _ = std::fs::remove_file(&self.state.cfg.admin_socket);
+    }
+}
+
+/// The selector kinds the agent's cached entries use, read when a connection is attested.
+struct CacheKinds(Arc<WorkloadView>);
+
+impl KindFilter for CacheKinds {
+    fn wants(&self, kind: &str) -> bool {
+        self.0.read().uses_selector_kind(kind)
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: every workload connection and
+/// every stream to the server is a descriptor, and the usual soft limit (1024) is far below
+/// what the connection caps allow. (Go raises it the same way at start.)
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!(error = %e, "cannot raise the open-file limit");
+        }
     }
 }

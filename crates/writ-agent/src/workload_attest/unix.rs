@@ -1,78 +1,62 @@
-//! Workload attestation: who is calling the Workload API, from the kernel.
+//! The `unix` workload attestor: `unix:*` selectors from `SO_PEERCRED` and `/proc/<pid>`.
 //!
-//! The caller's PID, UID and GID come from `SO_PEERCRED` on the Unix socket. The [`UnixAttestor`]
-//! turns them into `unix:*` selectors from `/proc/<pid>`, guarding against PID reuse: it reads the
-//! process start time before and after gathering selectors and fails closed if the start time
-//! changed, if the process started after attestation began (the PID was recycled before we looked),
-//! if its effective UID differs from the socket credentials, or if the PID is not visible at all
-//! (a caller in another PID namespace shows up as PID 0).
+//! Selectors: `uid`, `gid`, `user`, `group` (names from the system's user database, NSS
+//! included), `supplementary_gid`, `path` (the executable, as the process's mount namespace
+//! sees it) and `sha256` (of the executable, only while an entry uses it).
+//!
+//! PID reuse: the process start time is read before and after the selectors are gathered and
+//! must not change, the process must have started before attestation began, and its effective
+//! UID must equal the socket's; otherwise it fails closed. A caller in another PID namespace
+//! (PID 0) fails closed. Binary hashes are bounded (`max_hash_bytes`), cached by
+//! (dev, inode, size, mtime, ctime), and computed one at a time per caller UID.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ring::digest::{Context, SHA256};
+use serde::Deserialize;
+use writ_core::config::ConfigError;
 use writ_core::Selector;
 
-/// The caller as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    /// Process ID (0 or negative when not visible).
-    pub pid: i32,
-    /// Effective user ID at connect time.
-    pub uid: u32,
-    /// Effective group ID at connect time.
-    pub gid: u32,
+use super::proc::{parse_start_ticks, parse_status};
+use super::{Caller, KindFilter, WorkloadAttestError, WorkloadAttestor};
+use crate::plugin::settings;
+
+/// Default bound on binaries hashed for `unix:sha256` (256 MiB).
+pub const DEFAULT_MAX_HASH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `[workload_attestor.unix]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Largest binary hashed for `unix:sha256`.
+    #[serde(default)]
+    max_hash_bytes: Option<u64>,
 }
 
-/// Why a caller could not be attested. All of these fail closed.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkloadAttestError {
-    /// No PID (other PID namespace, or the kernel did not say).
-    #[error("caller's process is not visible to the agent (pid {0})")]
-    NotVisible(i32),
-    /// The process went away or its PID now names another process.
-    #[error("caller's process {0} exited or its pid was reused during attestation")]
-    Gone(i32),
-    /// `/proc` disagrees with the socket credentials.
-    #[error("caller's process {pid} runs as uid {proc_uid}, but connected as uid {sock_uid}")]
-    UidMismatch {
-        /// The PID.
-        pid: i32,
-        /// UID in /proc.
-        proc_uid: u32,
-        /// UID from SO_PEERCRED.
-        sock_uid: u32,
-    },
-    /// `/proc` could not be read or parsed.
-    #[error("cannot read /proc for process {pid}: {reason}")]
-    Proc {
-        /// The PID.
-        pid: i32,
-        /// Why.
-        reason: String,
-    },
+pub(super) fn build(table: &toml::Table) -> Result<Arc<dyn WorkloadAttestor>, ConfigError> {
+    let s: Settings = settings("workload_attestor.unix", table)?;
+    Ok(Arc::new(UnixAttestor::new(
+        s.max_hash_bytes.unwrap_or(DEFAULT_MAX_HASH_BYTES),
+    )))
 }
 
-/// A workload attestor: selectors for a caller.
-pub trait WorkloadAttestor: Send + Sync {
-    /// The selector type it produces (`unix`).
-    fn name(&self) -> &'static str;
-    /// Selectors describing `caller`.
-    fn attest(&self, caller: &Caller) -> Result<Vec<Selector>, WorkloadAttestError>;
-}
-
-/// Key of the binary hash cache: a file is re-hashed when any of these change.
-type FileKey = (u64, u64, i64, i64, u64);
+/// Key of the binary hash cache: a file is re-hashed when any of these change. The change time
+/// is in it because the file's owner can rewrite a binary in place and restore its mtime with
+/// `utimensat`; nobody can set the ctime, which the kernel moves on every write.
+type FileKey = (u64, u64, u64, (i64, i64), (i64, i64));
 
 /// The `unix` attestor.
-pub struct UnixAttestor {
+pub(super) struct UnixAttestor {
     proc_root: PathBuf,
-    etc_root: PathBuf,
     max_hash_bytes: u64,
     hashes: Mutex<HashMap<FileKey, String>>,
+    /// One hash at a time per caller UID: a user who keeps touching a huge binary and opening
+    /// connections spends at most one core of the agent, and only on its own callers.
+    hashing: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for UnixAttestor {
@@ -88,12 +72,12 @@ const USER_HZ: u64 = 100;
 
 impl UnixAttestor {
     /// An attestor reading the real `/proc` and `/etc`, hashing binaries up to `max_hash_bytes`.
-    pub fn new(max_hash_bytes: u64) -> Self {
+    pub(super) fn new(max_hash_bytes: u64) -> Self {
         UnixAttestor {
             proc_root: PathBuf::from("/proc"),
-            etc_root: PathBuf::from("/etc"),
             max_hash_bytes,
             hashes: Mutex::new(HashMap::new()),
+            hashing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,9 +104,17 @@ impl UnixAttestor {
             .ok_or_else(|| Self::proc_err(0, "malformed uptime"))
     }
 
-    fn hash_exe(&self, pid: i32) -> Option<String> {
+    fn hash_exe(&self, pid: i32, uid: u32) -> Option<String> {
         let path = self.proc_root.join(pid.to_string()).join("exe");
         let mut f = std::fs::File::open(&path).ok()?;
+        let turn = self
+            .hashing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(uid)
+            .or_default()
+            .clone();
+        let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
         let m = f.metadata().ok()?;
         if m.len() > self.max_hash_bytes {
             tracing::debug!(
@@ -132,7 +124,13 @@ impl UnixAttestor {
             );
             return None;
         }
-        let key = (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+        let key = (
+            m.dev(),
+            m.ino(),
+            m.len(),
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+        );
         if let Some(h) = self
             .hashes
             .lock()
@@ -155,7 +153,7 @@ impl UnixAttestor {
             }
             ctx.update(&buf[..n]);
         }
-        let h = hex_lower(ctx.finish().as_ref());
+        let h = hex::encode(ctx.finish().as_ref());
         let mut cache = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 4096 {
             cache.clear();
@@ -164,62 +162,21 @@ impl UnixAttestor {
         Some(h)
     }
 
-    fn name_of(&self, file: &str, id: u32) -> Option<String> {
-        let text = std::fs::read_to_string(self.etc_root.join(file)).ok()?;
-        text.lines().find_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let _pw = f.next()?;
-            let v: u32 = f.next()?.parse().ok()?;
-            (v == id).then(|| name.to_owned())
-        })
+    /// User and group names from the system's user database (NSS: files, LDAP, sssd, ...);
+    /// reading `/etc/passwd` by hand missed every user that is not in it.
+    fn user_name(uid: u32) -> Option<String> {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
     }
-}
 
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Field 22 (starttime) of `/proc/<pid>/stat`. The command name (field 2) may contain spaces
-/// and `)`, so fields are counted from the last `)`.
-pub fn parse_start_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // After ")" come fields 3.. ; starttime is field 22, i.e. index 19 here.
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// This process's effective UID and GID, as the unix attestor would report them.
-pub fn own_ids() -> Option<(u32, u32)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let ((_, euid), (_, egid), _) = parse_status(&status)?;
-    Some((euid, egid))
-}
-
-/// `(real, effective)` IDs.
-type RealEff = (u32, u32);
-
-/// `(real, effective)` of the `Uid:`/`Gid:` line and the `Groups:` list of `/proc/<pid>/status`.
-fn parse_status(status: &str) -> Option<(RealEff, RealEff, Vec<u32>)> {
-    let mut uid = None;
-    let mut gid = None;
-    let mut groups = Vec::new();
-    for l in status.lines() {
-        let ids = |rest: &str| -> Option<(u32, u32)> {
-            let mut it = rest.split_whitespace().map(|v| v.parse::<u32>());
-            Some((it.next()?.ok()?, it.next()?.ok()?))
-        };
-        if let Some(r) = l.strip_prefix("Uid:") {
-            uid = ids(r);
-        } else if let Some(r) = l.strip_prefix("Gid:") {
-            gid = ids(r);
-        } else if let Some(r) = l.strip_prefix("Groups:") {
-            groups = r
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect();
-        }
+    fn group_name(gid: u32) -> Option<String> {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name)
     }
-    Some((uid?, gid?, groups))
 }
 
 impl WorkloadAttestor for UnixAttestor {
@@ -227,7 +184,11 @@ impl WorkloadAttestor for UnixAttestor {
         "unix"
     }
 
-    fn attest(&self, c: &Caller) -> Result<Vec<Selector>, WorkloadAttestError> {
+    fn attest(
+        &self,
+        c: &Caller,
+        wanted: &dyn KindFilter,
+    ) -> Result<Vec<Selector>, WorkloadAttestError> {
         if c.pid <= 0 {
             return Err(WorkloadAttestError::NotVisible(c.pid));
         }
@@ -259,10 +220,10 @@ impl WorkloadAttestor for UnixAttestor {
         };
         push("uid", c.uid.to_string());
         push("gid", c.gid.to_string());
-        if let Some(n) = self.name_of("passwd", c.uid) {
+        if let Some(n) = Self::user_name(c.uid) {
             push("user", n);
         }
-        if let Some(n) = self.name_of("group", c.gid) {
+        if let Some(n) = Self::group_name(c.gid) {
             push("group", n);
         }
         for g in &groups {
@@ -271,8 +232,10 @@ impl WorkloadAttestor for UnixAttestor {
         if let Ok(p) = std::fs::read_link(dir.join("exe")) {
             push("path", p.to_string_lossy().into_owned());
         }
-        if let Some(h) = self.hash_exe(pid) {
-            push("sha256", h);
+        if wanted.wants("unix:sha256") {
+            if let Some(h) = self.hash_exe(pid, c.uid) {
+                push("sha256", h);
+            }
         }
         // Same process still there? If the PID now names another process, fail closed.
         if self.start_ticks(pid)? != t0 {
@@ -284,6 +247,7 @@ impl WorkloadAttestor for UnixAttestor {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{AllKinds, ProcessMark};
     use super::*;
 
     #[test]
@@ -307,7 +271,7 @@ mod tests {
             uid: euid,
             gid: egid,
         };
-        let sels = a.attest(&me).unwrap();
+        let sels = a.attest(&me, &AllKinds).unwrap();
         let strs: Vec<String> = sels.iter().map(|s| s.to_string()).collect();
         assert!(strs.contains(&format!("unix:uid:{euid}")), "{strs:?}");
         assert!(
@@ -320,28 +284,67 @@ mod tests {
             "{strs:?}"
         );
         // Second call hits the hash cache and gives the same answer.
-        assert_eq!(a.attest(&me).unwrap(), sels);
+        assert_eq!(a.attest(&me, &AllKinds).unwrap(), sels);
         // Lying about the uid fails closed.
         let liar = Caller {
             uid: euid + 1,
             ..me
         };
         assert!(matches!(
-            a.attest(&liar),
+            a.attest(&liar, &AllKinds),
             Err(WorkloadAttestError::UidMismatch { .. })
         ));
         // Invisible and dead PIDs fail closed.
         assert!(matches!(
-            a.attest(&Caller { pid: 0, ..me }),
+            a.attest(&Caller { pid: 0, ..me }, &AllKinds),
             Err(WorkloadAttestError::NotVisible(0))
         ));
         assert!(matches!(
-            a.attest(&Caller {
-                pid: i32::MAX,
-                ..me
-            }),
+            a.attest(
+                &Caller {
+                    pid: i32::MAX,
+                    ..me
+                },
+                &AllKinds
+            ),
             Err(WorkloadAttestError::Gone(_))
         ));
+    }
+
+    struct NoHash;
+    impl KindFilter for NoHash {
+        fn wants(&self, kind: &str) -> bool {
+            kind != "unix:sha256"
+        }
+    }
+
+    /// Item 10 of issue 10: touching a huge binary before each request cost 240 ms of agent CPU
+    /// per request. Nothing is hashed while no entry uses `unix:sha256`.
+    #[test]
+    fn binaries_are_hashed_only_when_an_entry_uses_the_hash() {
+        let a = UnixAttestor::new(DEFAULT);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let ((_, euid), (_, egid), _) = parse_status(&status).unwrap();
+        let me = Caller {
+            pid: std::process::id() as i32,
+            uid: euid,
+            gid: egid,
+        };
+        let sels = a.attest(&me, &NoHash).unwrap();
+        assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
+        assert!(a.hashes.lock().unwrap().is_empty(), "hashed anyway");
+    }
+
+    #[test]
+    fn process_mark_of_this_process_is_stable() {
+        let pid = std::process::id() as i32;
+        let m = ProcessMark::read(pid).unwrap();
+        assert_eq!(ProcessMark::read(pid).unwrap(), m);
+        assert!(matches!(
+            ProcessMark::read(0),
+            Err(WorkloadAttestError::NotVisible(0))
+        ));
+        assert!(ProcessMark::read(i32::MAX).is_err());
     }
 
     #[test]
@@ -354,9 +357,9 @@ mod tests {
             uid: euid,
             gid: egid,
         };
-        let sels = a.attest(&me).unwrap();
+        let sels = a.attest(&me, &AllKinds).unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
     }
 
-    const DEFAULT: u64 = crate::config::DEFAULT_MAX_HASH_BYTES;
+    const DEFAULT: u64 = DEFAULT_MAX_HASH_BYTES;
 }

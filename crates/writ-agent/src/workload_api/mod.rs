@@ -1,0 +1,293 @@
+//! The SPIFFE Workload API (spiffe-requirements.md sections 4 and 5), served on a Unix socket.
+//!
+//! Every request must carry `workload.spiffe.io: true` exactly once (else InvalidArgument). The
+//! caller is identified from `SO_PEERCRED` and attested by the workload attestors; its identities
+//! are the cached entries whose selectors are all among the caller's. Streams send the full state
+//! at once, then a new full message whenever the answer changes (SVID rotation, entry change,
+//! bundle change); a stream whose caller loses every identity ends with PermissionDenied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use writ_core::{Entry, Selector, SpiffeId};
+use writ_proto::workload as wl;
+use writ_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+
+use crate::conn::{ConnIdentity, WorkloadConnInfo};
+use crate::jwt_cache::check_audiences;
+use crate::view::WorkloadView;
+
+mod answers;
+mod stream;
+
+use answers::{bundles_for, to_struct, x509_answer, X509Answer};
+use stream::{spawn_stream, Stream};
+
+/// An attested caller of one request.
+struct Caller {
+    selectors: Vec<Selector>,
+    uid: u32,
+    identity: Arc<ConnIdentity>,
+}
+
+/// How long a new stream waits for the first SVID of a freshly matched entry.
+pub(crate) const FIRST_SVID_WAIT: Duration = Duration::from_secs(30);
+
+/// The Workload API service.
+pub(crate) struct WorkloadApi {
+    view: Arc<WorkloadView>,
+}
+
+impl std::fmt::Debug for WorkloadApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkloadApi")
+    }
+}
+
+impl WorkloadApi {
+    /// A service over the agent state. Callers are attested by the connection layer
+    /// ([`crate::conn`]), which binds the result to each connection.
+    pub(crate) fn new(view: Arc<WorkloadView>) -> Self {
+        WorkloadApi { view }
+    }
+
+    /// Header check, then the caller's connection and its bound selectors (after checking
+    /// that the connecting process is still the one that was attested).
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        check_header(req.metadata())?;
+        let identity = req
+            .extensions()
+            .get::<WorkloadConnInfo>()
+            .map(|i| i.identity.clone())
+            .ok_or_else(|| Status::permission_denied("caller credentials are not available"))?;
+        let selectors = identity
+            .selectors()
+            .await
+            .map_err(Status::permission_denied)?;
+        Ok(Caller {
+            selectors,
+            uid: identity.caller.uid,
+            identity,
+        })
+    }
+
+    fn matching(&self, selectors: &[Selector]) -> Vec<Entry> {
+        let c = self.view.read();
+        c.matching(selectors, writ_core::now_unix())
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The `workload.spiffe.io` rule: exactly one value, exactly `true`.
+pub(crate) fn check_header(md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+    let vals: Vec<_> = md.get_all(writ_proto::WORKLOAD_HEADER).iter().collect();
+    match vals.as_slice() {
+        [v] if v.as_bytes() == b"true" => Ok(()),
+        [] => Err(Status::invalid_argument(
+            "security header missing from request (workload.spiffe.io: true)",
+        )),
+        _ => Err(Status::invalid_argument(
+            "security header must be exactly one `workload.spiffe.io: true`",
+        )),
+    }
+}
+
+pub(crate) fn no_identity() -> Status {
+    Status::permission_denied("no identity issued")
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = Stream<wl::X509svidResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<wl::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let Caller {
+            selectors,
+            identity,
+            ..
+        } = self.caller(&req).await?;
+        // The first answer is sent at once; a caller whose entries are matched but not yet
+        // signed (an entry created a moment ago) waits a little for its SVID.
+        let deadline = tokio::time::Instant::now() + FIRST_SVID_WAIT;
+        let mut gen = self.view.subscribe();
+        loop {
+            gen.borrow_and_update();
+            match x509_answer(&self.view, &selectors) {
+                X509Answer::None => return Err(no_identity()),
+                X509Answer::Ready(_) => break,
+                X509Answer::Pending => {
+                    if tokio::time::timeout_at(deadline, gen.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(Status::unavailable(if self.view.is_connected() {
+                            "identity is being issued; try again"
+                        } else {
+                            "no valid SVID for this workload: the agent cannot reach its \
+                                 server to have one signed; try again"
+                        }));
+                    }
+                }
+            }
+        }
+        let sels = selectors.clone();
+        Ok(Response::new(spawn_stream(
+            self.view.clone(),
+            identity,
+            move |st| match x509_answer(st, &sels) {
+                X509Answer::None => None,
+                X509Answer::Pending => Some(None),
+                X509Answer::Ready(r) => Some(Some(r)),
+            },
+        )))
+    }
+
+    type FetchX509BundlesStream = Stream<wl::X509BundlesResponse>;
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<wl::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let Caller {
+            selectors,
+            identity,
+            ..
+        } = self.caller(&req).await?;
+        if bundles_for(&self.view, &selectors, false).is_none() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(spawn_stream(
+            self.view.clone(),
+            identity,
+            move |st| {
+                bundles_for(st, &selectors, false).map(|bundles| {
+                    Some(wl::X509BundlesResponse {
+                        crl: Vec::new(),
+                        bundles,
+                    })
+                })
+            },
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<wl::JwtsvidRequest>,
+    ) -> Result<Response<wl::JwtsvidResponse>, Status> {
+        let Caller { selectors, uid, .. } = self.caller(&req).await?;
+        let r = req.get_ref();
+        let audience =
+            check_audiences(&r.audience).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let wanted = if r.spiffe_id.is_empty() {
+            None
+        } else {
+            Some(
+                SpiffeId::parse(&r.spiffe_id)
+                    .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
+            )
+        };
+        let entries: Vec<Entry> = self
+            .matching(&selectors)
+            .into_iter()
+            .filter(|e| wanted.as_ref().is_none_or(|w| &e.spiffe_id == w))
+            .collect();
+        if entries.is_empty() {
+            return Err(match wanted {
+                Some(w) => {
+                    Status::permission_denied(format!("no identity `{w}` issued to this workload"))
+                }
+                None => no_identity(),
+            });
+        }
+        let mut svids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in &entries {
+            // One token per identity, even if several entries grant it.
+            if !seen.insert(e.spiffe_id.clone()) {
+                continue;
+            }
+            let token = self.view.jwt.mint(e, audience.clone(), uid).await?;
+            svids.push(wl::Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint: e.hint.clone(),
+            });
+        }
+        Ok(Response::new(wl::JwtsvidResponse { svids }))
+    }
+
+    type FetchJWTBundlesStream = Stream<wl::JwtBundlesResponse>;
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<wl::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let Caller {
+            selectors,
+            identity,
+            ..
+        } = self.caller(&req).await?;
+        if bundles_for(&self.view, &selectors, true).is_none() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(spawn_stream(
+            self.view.clone(),
+            identity,
+            move |st| {
+                bundles_for(st, &selectors, true)
+                    .map(|bundles| Some(wl::JwtBundlesResponse { bundles }))
+            },
+        )))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<wl::ValidateJwtsvidRequest>,
+    ) -> Result<Response<wl::ValidateJwtsvidResponse>, Status> {
+        check_header(req.metadata())?;
+        let r = req.get_ref();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let v = {
+            let c = self.view.read();
+            writ_ca::jwt::validate(&r.svid, &r.audience, writ_core::now_unix(), |td| {
+                c.bundle_for(td.as_str()).cloned()
+            })
+        }
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(wl::ValidateJwtsvidResponse {
+            spiffe_id: v.spiffe_id.to_string(),
+            claims: Some(to_struct(&v.claims)),
+        }))
+    }
+
+    type FetchWITSVIDStream = Stream<wl::WitsvidResponse>;
+
+    async fn fetch_witsvid(
+        &self,
+        req: Request<wl::WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        check_header(req.metadata())?;
+        Err(Status::unimplemented("WIT-SVIDs are not supported"))
+    }
+
+    type FetchWITBundlesStream = Stream<wl::WitBundlesResponse>;
+
+    async fn fetch_wit_bundles(
+        &self,
+        req: Request<wl::WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        check_header(req.metadata())?;
+        Err(Status::unimplemented("WIT-SVIDs are not supported"))
+    }
+}
