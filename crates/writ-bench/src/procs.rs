@@ -7,34 +7,10 @@ use std::time::{Duration, Instant};
 use writ_proto::v1 as pb;
 use writ_store::Store;
 
+use writ_testkit::{free_port, rss_kib, writ_bin};
+
 use crate::sections::{entry, percentile, sim_agent, td};
 use crate::{Row, Sizes};
-
-fn writ_bin() -> PathBuf {
-    let p = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("writ");
-    assert!(
-        p.exists(),
-        "{} not found: build it first (cargo build --release)",
-        p.display()
-    );
-    p
-}
-
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 struct Proc(Child);
 
@@ -43,14 +19,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct ServerProc {

@@ -35,7 +35,7 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 pub fn my_uid() -> u32 {
-    writ_agent::attestor::own_ids().unwrap().0
+    writ_agent::internal::own_ids().unwrap().0
 }
 
 pub fn entry(spiffe: &str, parent: &str, selector: &str, ttl: u64) -> Entry {
@@ -54,7 +54,7 @@ pub fn entry(spiffe: &str, parent: &str, selector: &str, ttl: u64) -> Entry {
 pub async fn start_server(dir: &Path) -> RunningServer {
     let cfg = writ_server::ServerConfig::parse(&format!(
         "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\nattestation_rate_per_ip = 100000\n[ca]\nttl = \"24h\"\n[node_attestor.join_token]\n",
-        dir.join("server/admin.sock").display(),
+        dir.join("server/run/admin.sock").display(),
         dir.join("server/data").display()
     ))
     .unwrap();
@@ -420,9 +420,9 @@ async fn fetch_call(endpoint: &str) -> f64 {
 
 pub async fn wait_svids(agent: &writ_agent::RunningAgent, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut gen = agent.state.generation.subscribe();
+    let mut gen = agent.state.view.subscribe();
     loop {
-        if agent.state.cache.read().unwrap().svids.len() >= n {
+        if agent.state.view.read().svids.len() >= n {
             return;
         }
         assert!(

@@ -171,20 +171,37 @@ pub(crate) async fn entry(cmd: EntryCmd, output: Output) -> Result<(), CliError>
             selector,
         } => {
             let mut c = connect(&socket.socket).await?;
-            let r = c
-                .list_entries(pb::ListEntriesRequest {
-                    spiffe_id: spiffe_id.map(|i| i.to_string()).unwrap_or_default(),
-                    parent_id: parent_id.map(|i| i.to_string()).unwrap_or_default(),
-                    selector: selector.as_ref().map(selector_to_pb),
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            let entries: Vec<Entry> = r
-                .entries
-                .into_iter()
-                .map(pb_entry)
-                .collect::<Result<_, _>>()?;
+            // The server pages the list (by count and size); gather every page.
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_entries(pb::ListEntriesRequest {
+                        spiffe_id: spiffe_id
+                            .as_ref()
+                            .map(|i| i.to_string())
+                            .unwrap_or_default(),
+                        parent_id: parent_id
+                            .as_ref()
+                            .map(|i| i.to_string())
+                            .unwrap_or_default(),
+                        selector: selector.as_ref().map(selector_to_pb),
+                        page_size: 0,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                for e in r.entries {
+                    entries.push(pb_entry(e)?);
+                }
+                // An empty or repeated token ends the listing (a server bug must not loop).
+                if r.next_page_token.is_empty() || r.next_page_token == page_token {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            entries.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then(a.id.cmp(&b.id)));
             let text = if entries.is_empty() {
                 "No entries\n".to_owned()
             } else {

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use writ_agent::config::NodeAttestation;
 use writ_proto::v1 as pb;
 use writ_proto::v1::agent_admin_client::AgentAdminClient;
 
@@ -13,14 +12,7 @@ pub(crate) async fn run(config: &Path, join_token: Option<String>) -> Result<(),
     let mut cfg =
         writ_agent::AgentConfig::load(config).map_err(|e| CliError::Failed(e.to_string()))?;
     if let Some(t) = join_token {
-        match &mut cfg.node_attestation {
-            NodeAttestation::JoinToken(tok) => *tok = Some(t),
-            NodeAttestation::X509Pop { .. } => {
-                return Err(CliError::Usage(
-                    "--join-token given but the config uses x509pop".into(),
-                ))
-            }
-        }
+        cfg.set_join_token(t).map_err(CliError::Usage)?;
     }
     let agent = writ_agent::start(cfg, None)
         .await

@@ -354,6 +354,14 @@ pub(crate) struct WorkloadSocket {
     pub(crate) socket: Option<String>,
 }
 
+/// How long a one-shot Workload API command waits for its answer.
+#[derive(Debug, Args)]
+pub(crate) struct WorkloadTimeout {
+    /// Give up after this long (the agent may hold no SVID for the caller yet).
+    #[arg(long, value_parser = parse_ttl, default_value = "5s")]
+    pub(crate) timeout: Duration,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum JwtCmd {
     /// Mints a JWT-SVID directly from the server.
@@ -380,6 +388,8 @@ pub(crate) enum JwtCmd {
         /// Only this identity.
         #[arg(long, value_parser = parse_workload_id)]
         spiffe_id: Option<SpiffeId>,
+        #[command(flatten)]
+        timeout: WorkloadTimeout,
     },
     /// Validates a JWT-SVID through the Workload API.
     Validate {
@@ -390,6 +400,8 @@ pub(crate) enum JwtCmd {
         audience: String,
         /// The token.
         token: String,
+        #[command(flatten)]
+        timeout: WorkloadTimeout,
     },
 }
 
@@ -405,8 +417,10 @@ pub(crate) enum SvidCmd {
         /// Use the SVID with this hint instead of the default (first) one.
         #[arg(long)]
         hint: Option<String>,
+        #[command(flatten)]
+        timeout: WorkloadTimeout,
     },
-    /// Prints every update of the X.509 stream.
+    /// Prints every update of the X.509 stream; waits (and says so) while no SVID is available.
     Watch {
         #[command(flatten)]
         socket: WorkloadSocket,

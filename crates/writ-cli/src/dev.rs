@@ -71,7 +71,7 @@ pub(crate) async fn run(dir: &Path) -> Result<(), CliError> {
     let td = TrustDomain::new(TD).map_err(fail)?;
     let node_alias = td.id("/node/dev").map_err(fail)?;
 
-    let (uid, _gid) = writ_agent::attestor::own_ids()
+    let (uid, _gid) = writ_agent::internal::own_ids()
         .ok_or_else(|| fail("cannot read this process's uid from /proc"))?;
     let user = user_segment(uid);
     let user_id = td.id(&format!("/user/{user}")).map_err(fail)?;
@@ -86,15 +86,15 @@ pub(crate) async fn run(dir: &Path) -> Result<(), CliError> {
     };
     match server.state.create_entry(entry).await {
         Ok(_) => {}
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-        Err(s) => return Err(fail(s.message())),
+        Err(e) if e.is_already_exists() => {}
+        Err(e) => return Err(fail(e)),
     }
 
     // A join token for the first start; a restarted dev agent resumes its persisted identity.
     let token = server
         .state
         .create_join_token(Some(node_alias), 600)
-        .map_err(|s| fail(s.message()))?;
+        .map_err(fail)?;
     let agent_cfg = writ_agent::AgentConfig::parse(&format!(
         "trust_domain = \"{TD}\"\nserver_address = \"{}\"\nsocket_path = {}\nadmin_socket = {}\ndata_dir = {}\n[node_attestor.join_token]\ntoken = \"{}\"\n[workload_attestor.unix]\n",
         server.listen_addr,
@@ -111,13 +111,12 @@ pub(crate) async fn run(dir: &Path) -> Result<(), CliError> {
 
     // Wait until the user's SVID is in the agent's cache, so the next command works at once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut gen = agent.state.generation.subscribe();
+    let mut gen = agent.state.view.subscribe();
     loop {
         let ready = agent
             .state
-            .cache
+            .view
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .svids
             .values()
             .any(|s| s.spiffe_id == user_id);

@@ -131,12 +131,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             socket,
             audience,
             spiffe_id,
+            timeout,
         }) => {
-            workload::jwt_fetch(
-                socket.socket.as_deref(),
-                audience,
-                spiffe_id.map(|i| i.to_string()),
-                out,
+            workload::within(
+                timeout.timeout,
+                workload::jwt_fetch(
+                    socket.socket.as_deref(),
+                    audience,
+                    spiffe_id.map(|i| i.to_string()),
+                    out,
+                ),
             )
             .await
         }
@@ -144,17 +148,28 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             socket,
             audience,
             token,
-        }) => workload::jwt_validate(socket.socket.as_deref(), audience, token, out).await,
+            timeout,
+        }) => {
+            workload::within(
+                timeout.timeout,
+                workload::jwt_validate(socket.socket.as_deref(), audience, token, out),
+            )
+            .await
+        }
         Command::Svid(SvidCmd::Fetch {
             socket,
             out_dir,
             hint,
+            timeout,
         }) => {
-            workload::svid_fetch(
-                socket.socket.as_deref(),
-                out_dir.as_deref(),
-                hint.as_deref(),
-                out,
+            workload::within(
+                timeout.timeout,
+                workload::svid_fetch(
+                    socket.socket.as_deref(),
+                    out_dir.as_deref(),
+                    hint.as_deref(),
+                    out,
+                ),
             )
             .await
         }

@@ -28,6 +28,21 @@ fn status(s: tonic::Status) -> CliError {
     }
 }
 
+/// Runs a one-shot Workload API command with a deadline: without one, a caller for whom the
+/// agent holds no SVID (one that expired while the server was unreachable, say) waited forever.
+pub(crate) async fn within(
+    limit: std::time::Duration,
+    f: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+        Err(CliError::Failed(format!(
+            "no answer from the Workload API within {}: the agent holds no SVID for this \
+             workload yet (it may be unable to reach its server); retry, or raise --timeout",
+            writ_core::format_duration(limit)
+        )))
+    })
+}
+
 /// One X509-SVID in PEM form.
 pub(crate) struct PemSvid {
     pub(crate) spiffe_id: String,
@@ -166,11 +181,21 @@ pub(crate) async fn svid_fetch(
 
 pub(crate) async fn svid_watch(socket: Option<&str>, output: Output) -> Result<(), CliError> {
     let mut c = client(socket).await?;
-    let mut st = c
-        .fetch_x509svid(wl::X509svidRequest {})
-        .await
-        .map_err(status)?
-        .into_inner();
+    // Watching waits by design: while the agent has no SVID for us yet it answers Unavailable,
+    // and the watch says so and asks again.
+    let mut st = loop {
+        match c.fetch_x509svid(wl::X509svidRequest {}).await {
+            Ok(st) => break st.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                eprintln!(
+                    "writ: no SVID yet ({}); still waiting (svid watch waits until one arrives)",
+                    s.message()
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(s) => return Err(status(s)),
+        }
+    };
     while let Some(r) = st.message().await.map_err(status)? {
         let (svids, _) = pem_svids(&r)?;
         let now = rfc3339(writ_core::now_unix());
@@ -329,16 +354,21 @@ pub(crate) async fn helper(config: &Path) -> Result<(), CliError> {
             "helper config key `signal`: needs `pid` or `pid_file`".into(),
         ));
     }
-    if let Some(sig) = &cfg.signal {
-        if sig.is_empty() || !sig.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(CliError::Failed(format!(
-                "helper config key `signal`: `{sig}` is not a signal name"
-            )));
-        }
+    let signal = match &cfg.signal {
+        Some(sig) => Some(parse_signal(sig).ok_or_else(|| {
+            CliError::Failed(format!(
+                "helper config key `signal`: `{sig}` is not a signal name (HUP, INT, QUIT, TERM, USR1, USR2, WINCH, KILL)"
+            ))
+        })?),
+        None => None,
+    };
+    if let Some(p) = cfg.pid {
+        check_pid(i64::from(p))
+            .map_err(|e| CliError::Failed(format!("helper config key `pid`: {e}")))?;
     }
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
-        match helper_stream(&cfg).await {
+        match helper_stream(&cfg, signal).await {
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "Workload API stream ended; retrying"),
         }
@@ -347,7 +377,10 @@ pub(crate) async fn helper(config: &Path) -> Result<(), CliError> {
     }
 }
 
-async fn helper_stream(cfg: &HelperConfig) -> Result<(), CliError> {
+async fn helper_stream(
+    cfg: &HelperConfig,
+    signal: Option<rustix::process::Signal>,
+) -> Result<(), CliError> {
     let mut c = client(cfg.socket.as_deref()).await?;
     let mut st = c
         .fetch_x509svid(wl::X509svidRequest {})
@@ -376,26 +409,58 @@ async fn helper_stream(cfg: &HelperConfig) -> Result<(), CliError> {
                 Err(e) => eprintln!("writ helper: cannot run `{cmd}`: {e}"),
             }
         }
-        if let Some(sig) = &cfg.signal {
+        if let Some(sig) = signal {
             let pid = match (&cfg.pid, &cfg.pid_file) {
-                (Some(p), _) => Some(*p),
+                (Some(p), _) => check_pid(i64::from(*p)),
                 (None, Some(f)) => std::fs::read_to_string(f)
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok()),
-                _ => None,
+                    .map_err(|e| format!("cannot read pid_file `{}`: {e}", f.display()))
+                    .and_then(|t| {
+                        t.trim()
+                            .parse::<i64>()
+                            .map_err(|_| format!("pid_file `{}` does not hold a PID", f.display()))
+                    })
+                    .and_then(check_pid),
+                _ => Err("no PID to signal".to_owned()),
             };
             match pid {
-                Some(pid) => {
-                    let _ = tokio::process::Command::new("kill")
-                        .arg("-s")
-                        .arg(sig)
-                        .arg(pid.to_string())
-                        .status()
-                        .await;
+                Ok(pid) => {
+                    if let Err(e) = rustix::process::kill_process(pid, sig) {
+                        eprintln!(
+                            "writ helper: cannot signal process {}: {e}",
+                            pid.as_raw_pid()
+                        );
+                    }
                 }
-                None => eprintln!("writ helper: no PID to signal"),
+                Err(e) => eprintln!("writ helper: {e}"),
             }
         }
     }
     Ok(())
+}
+
+/// A signal by name (`HUP` or `SIGHUP`, any case).
+fn parse_signal(name: &str) -> Option<rustix::process::Signal> {
+    use rustix::process::Signal;
+    let n = name.to_ascii_uppercase();
+    Some(match n.strip_prefix("SIG").unwrap_or(&n) {
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "QUIT" => Signal::QUIT,
+        "TERM" => Signal::TERM,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "WINCH" => Signal::WINCH,
+        "KILL" => Signal::KILL,
+        _ => return None,
+    })
+}
+
+/// One process to signal: 0 would signal the helper's own process group, negative values a
+/// group, and values past `i32::MAX` wrap to negative ones in `kill(2)`; all are refused.
+fn check_pid(raw: i64) -> Result<rustix::process::Pid, String> {
+    i32::try_from(raw)
+        .ok()
+        .filter(|p| *p > 0)
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("`{raw}` is not a process ID (1 to {})", i32::MAX))
 }

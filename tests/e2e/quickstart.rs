@@ -1,14 +1,11 @@
-//! The README's quick start, as a user runs it: `writ dev`, then `writ svid fetch` with the
-//! `SPIFFE_ENDPOINT_SOCKET` line it printed; the SVID verifies with `openssl verify`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The quick start of docs/quickstart.md, run as written.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::BufRead;
+use std::io::BufReader;
+use std::process::Command;
+use std::process::Stdio;
 use std::time::Duration;
-
-use common::{eventually, writ_bin};
+use writ_testkit::*;
 
 #[test]
 fn writ_dev_quick_start() {

@@ -1,15 +1,7 @@
-//! The deployment material parses and the example configs load (`--check`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! deploy/: example configs load, manifests parse, systemd units are hardened.
 
-mod common;
-
-use std::path::{Path, PathBuf};
-
-use common::cli;
-
-fn deploy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
-}
+use super::support::*;
+use writ_testkit::*;
 
 #[test]
 fn example_configs_load() {
@@ -142,6 +134,19 @@ fn systemd_units_are_hardened_and_check_their_config() {
     }
     let server = std::fs::read_to_string(deploy().join("systemd/writ-server.service")).unwrap();
     assert!(server.contains("DynamicUser=yes"));
+    // Admin sockets live in 0700 directories: systemd gives every RuntimeDirectory the one
+    // RuntimeDirectoryMode, so a 0755 unit must not list the private directory (issue 10, #14).
+    assert!(server.contains("RuntimeDirectoryMode=0700"));
+    let agent = std::fs::read_to_string(deploy().join("systemd/writ-agent.service")).unwrap();
+    let runtime = agent
+        .lines()
+        .find(|l| l.starts_with("RuntimeDirectory="))
+        .unwrap();
+    assert!(!runtime.contains("private"), "{runtime}");
+    // Descriptor exhaustion: both units raise the limit (issue 10, #7).
+    for unit in [&server, &agent] {
+        assert!(unit.lines().any(|l| l.starts_with("LimitNOFILE=")));
+    }
     let dockerfile = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
     assert!(
         dockerfile

@@ -1,27 +1,11 @@
-//! The mTLS example (examples/mtls): two processes authorise each other by SPIFFE ID with SVIDs
-//! from the Workload API, pick up rotated SVIDs without restarting, and interoperate with
-//! `openssl s_client` using files written by `writ svid fetch --out-dir`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The mTLS example (examples/mtls): rotation without restart, openssl interop.
 
-mod common;
-
+use super::support::*;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::process::Stdio;
 use std::time::Duration;
-
-use common::{eventually, free_port, my_uid, ServerOpts, TestAgent, TestServer};
-
-fn demo() -> &'static str {
-    env!("CARGO_BIN_EXE_writ-mtls-demo")
-}
-
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use writ_testkit::*;
 
 #[test]
 fn mtls_demo_rotation_and_openssl_interop() {

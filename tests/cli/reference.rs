@@ -1,9 +1,7 @@
-//! The `writ` binary's command tree and argument validation, without a server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The command tree, usage errors and docs/cli.md kept in sync with `--help`.
 
-mod common;
-
-use common::cli;
+use super::support::*;
+use writ_testkit::*;
 
 #[test]
 fn help_lists_the_contract_command_tree() {
@@ -109,55 +107,6 @@ fn unreachable_server_is_an_operation_failure() {
         "one line, no backtrace: {}",
         r.stderr
     );
-}
-
-/// Every command path, for the generated CLI reference.
-const COMMANDS: &[&[&str]] = &[
-    &[],
-    &["server", "run"],
-    &["server", "healthcheck"],
-    &["agent", "run"],
-    &["agent", "healthcheck"],
-    &["dev"],
-    &["token", "generate"],
-    &["entry", "create"],
-    &["entry", "show"],
-    &["entry", "list"],
-    &["entry", "update"],
-    &["entry", "delete"],
-    &["node", "list"],
-    &["node", "show"],
-    &["node", "evict"],
-    &["node", "ban"],
-    &["bundle", "show"],
-    &["bundle", "list"],
-    &["bundle", "set"],
-    &["bundle", "delete"],
-    &["x509", "mint"],
-    &["jwt", "mint"],
-    &["jwt", "fetch"],
-    &["jwt", "validate"],
-    &["svid", "fetch"],
-    &["svid", "watch"],
-    &["helper"],
-];
-
-fn generated_cli_reference() -> String {
-    let mut doc = String::from(
-        "# CLI reference\n\nGenerated from `writ --help` of every command; `tests/cli.rs` fails when this file and\nthe binary disagree. Regenerate with `WRIT_UPDATE_DOCS=1 cargo test --test cli`.\n",
-    );
-    for path in COMMANDS {
-        let mut args: Vec<&str> = path.to_vec();
-        args.push("--help");
-        let r = cli(&args, &[]).ok();
-        let title = if path.is_empty() {
-            "writ".to_owned()
-        } else {
-            format!("writ {}", path.join(" "))
-        };
-        doc += &format!("\n## `{title}`\n\n```text\n{}\n```\n", r.stdout.trim_end());
-    }
-    doc
 }
 
 #[test]

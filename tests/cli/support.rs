@@ -1,0 +1,59 @@
+//! Helpers shared by the modules of this suite.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::path::PathBuf;
+use writ_testkit::*;
+
+/// Every command path, for the generated CLI reference.
+pub(crate) const COMMANDS: &[&[&str]] = &[
+    &[],
+    &["server", "run"],
+    &["server", "healthcheck"],
+    &["agent", "run"],
+    &["agent", "healthcheck"],
+    &["dev"],
+    &["token", "generate"],
+    &["entry", "create"],
+    &["entry", "show"],
+    &["entry", "list"],
+    &["entry", "update"],
+    &["entry", "delete"],
+    &["node", "list"],
+    &["node", "show"],
+    &["node", "evict"],
+    &["node", "ban"],
+    &["bundle", "show"],
+    &["bundle", "list"],
+    &["bundle", "set"],
+    &["bundle", "delete"],
+    &["x509", "mint"],
+    &["jwt", "mint"],
+    &["jwt", "fetch"],
+    &["jwt", "validate"],
+    &["svid", "fetch"],
+    &["svid", "watch"],
+    &["helper"],
+];
+
+pub(crate) fn generated_cli_reference() -> String {
+    let mut doc = String::from(
+        "# CLI reference\n\nGenerated from `writ --help` of every command; `tests/cli/reference.rs` fails when this file and\nthe binary disagree. Regenerate with `WRIT_UPDATE_DOCS=1 cargo test --test cli`.\n",
+    );
+    for path in COMMANDS {
+        let mut args: Vec<&str> = path.to_vec();
+        args.push("--help");
+        let r = cli(&args, &[]).ok();
+        let title = if path.is_empty() {
+            "writ".to_owned()
+        } else {
+            format!("writ {}", path.join(" "))
+        };
+        doc += &format!("\n## `{title}`\n\n```text\n{}\n```\n", r.stdout.trim_end());
+    }
+    doc
+}
+
+pub(crate) fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}

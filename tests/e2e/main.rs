@@ -1,0 +1,15 @@
+//! Cross-process scenarios: CA rotation, several agents, re-attestation, crash durability, the
+//! mTLS example and the quick start.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cloned_ref_to_slice_refs
+)]
+
+mod durability;
+mod mtls_example;
+mod nodes;
+mod quickstart;
+mod rotation;
+mod support;
