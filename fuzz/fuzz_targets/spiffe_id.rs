@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use writ_core::{Selector, SpiffeId, TrustDomain};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(id) = SpiffeId::parse(s) {
         assert_eq!(id.as_str(), s);
         assert_eq!(SpiffeId::parse(&id.to_string()).unwrap(), id);
