@@ -1,5 +1,5 @@
 //! Cross-process scenarios: CA rotation, several agents, re-attestation, crash durability, the
-//! mTLS example and the quick start.
+//! mTLS example, the quick start and the audit journal.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -7,6 +7,7 @@
     clippy::cloned_ref_to_slice_refs
 )]
 
+mod audit;
 mod durability;
 mod mtls_example;
 mod nodes;

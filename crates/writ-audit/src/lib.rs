@@ -31,4 +31,4 @@ mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointError, VerifyingKey, CHECKPOINT_CONTEXT};
 pub use record::{kinds, rfc3339_ms, Actor, Chain, NewRecord, Record, GENESIS};
-pub use verify::{verify, VerifyError, VerifyReport};
+pub use verify::{verify, Verifier, VerifyError, VerifyReport};

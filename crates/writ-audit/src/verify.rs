@@ -93,20 +93,48 @@ pub fn verify(
     pinned: &[VerifyingKey],
     trust_journal_keys: bool,
 ) -> Result<VerifyReport, VerifyError> {
-    let mut by_seq: HashMap<u64, &Checkpoint> = HashMap::new();
-    for c in checkpoints {
-        by_seq.insert(c.seq, c);
+    let mut v = Verifier::new(checkpoints, pinned, trust_journal_keys);
+    for r in records {
+        v.push(r)?;
     }
-    let newest = checkpoints.iter().map(|c| c.seq).max().unwrap_or(0);
-    let mut keys: Vec<VerifyingKey> = pinned.to_vec();
-    let mut used = Vec::new();
-    let mut report = VerifyReport {
-        head_hash: GENESIS.to_owned(),
-        ..VerifyReport::default()
-    };
-    let mut last_signed = 0u64;
-    for (i, r) in records.into_iter().enumerate() {
-        let expected = i as u64 + 1;
+    v.finish()
+}
+
+/// [`verify`] one record at a time, so a journal of millions of records is checked in
+/// constant memory (besides the checkpoints).
+#[derive(Debug)]
+pub struct Verifier {
+    by_seq: HashMap<u64, Checkpoint>,
+    newest: u64,
+    keys: Vec<VerifyingKey>,
+    trust_journal_keys: bool,
+    report: VerifyReport,
+    last_signed: u64,
+}
+
+impl Verifier {
+    /// A verifier of a journal with these checkpoints and keys (see [`verify`]).
+    pub fn new(
+        checkpoints: &[Checkpoint],
+        pinned: &[VerifyingKey],
+        trust_journal_keys: bool,
+    ) -> Self {
+        Verifier {
+            by_seq: checkpoints.iter().map(|c| (c.seq, c.clone())).collect(),
+            newest: checkpoints.iter().map(|c| c.seq).max().unwrap_or(0),
+            keys: pinned.to_vec(),
+            trust_journal_keys,
+            report: VerifyReport {
+                head_hash: GENESIS.to_owned(),
+                ..VerifyReport::default()
+            },
+            last_signed: 0,
+        }
+    }
+
+    /// Checks the next record in stored order.
+    pub fn push(&mut self, r: Result<Record, (u64, String)>) -> Result<(), VerifyError> {
+        let expected = self.report.records + 1;
         let r = r.map_err(|(seq, reason)| VerifyError::Unreadable { seq, reason })?;
         if r.seq != expected {
             return Err(if r.seq > expected {
@@ -125,42 +153,46 @@ pub fn verify(
         if !r.hash_ok() {
             return Err(VerifyError::Edited(r.seq));
         }
-        if r.prev_hash != report.head_hash {
+        if r.prev_hash != self.report.head_hash {
             return Err(VerifyError::BrokenLink(r.seq));
         }
-        if trust_journal_keys && r.kind == kinds::AUDIT_KEY {
+        if self.trust_journal_keys && r.kind == kinds::AUDIT_KEY {
             if let Some(k) = key_of(&r) {
-                keys.push(k);
+                self.keys.push(k);
             }
         }
-        if let Some(c) = by_seq.get(&r.seq) {
+        if let Some(c) = self.by_seq.get(&r.seq) {
             if c.hash != r.hash {
                 return Err(VerifyError::CheckpointMismatch(r.seq));
             }
-            c.verify(&keys)?;
-            report.checkpoints += 1;
-            last_signed = r.seq;
-            if !used.contains(&c.kid) {
-                used.push(c.kid.clone());
+            c.verify(&self.keys)?;
+            self.report.checkpoints += 1;
+            self.last_signed = r.seq;
+            if !self.report.keys.contains(&c.kid) {
+                self.report.keys.push(c.kid.clone());
             }
         }
-        report.records = r.seq;
-        report.head_hash = r.hash;
+        self.report.records = r.seq;
+        self.report.head_hash = r.hash;
+        Ok(())
     }
-    if newest > report.records {
-        return Err(VerifyError::Truncated {
-            end: report.records,
-            signed: newest,
-        });
+
+    /// Ends the journal: the newest checkpoint must be its last record.
+    pub fn finish(self) -> Result<VerifyReport, VerifyError> {
+        if self.newest > self.report.records {
+            return Err(VerifyError::Truncated {
+                end: self.report.records,
+                signed: self.newest,
+            });
+        }
+        if self.last_signed < self.report.records {
+            return Err(VerifyError::Unsigned {
+                from: self.last_signed + 1,
+                to: self.report.records,
+            });
+        }
+        Ok(self.report)
     }
-    if last_signed < report.records {
-        return Err(VerifyError::Unsigned {
-            from: last_signed + 1,
-            to: report.records,
-        });
-    }
-    report.keys = used;
-    Ok(report)
 }
 
 /// The verifying key an `audit.key` record introduces (`details.kid`, `details.point` hex).

@@ -15,7 +15,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, EcdsaKeyPair, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde_json::{json, Map, Value};
 use writ_core::{Bundle, PublicJwk, SpiffeId, TrustDomain};
@@ -79,6 +79,19 @@ impl JwtSigner {
         ttl_secs: i64,
         now: i64,
     ) -> Result<(String, i64), CaError> {
+        self.sign_with_jti(sub, audience, ttl_secs, now)
+            .map(|(token, exp, _)| (token, exp))
+    }
+
+    /// As [`JwtSigner::sign`], also returning the token's `jti` (128 random bits, hex): the
+    /// handle the audit journal and revocation use for this one token.
+    pub fn sign_with_jti(
+        &self,
+        sub: &SpiffeId,
+        audience: &[String],
+        ttl_secs: i64,
+        now: i64,
+    ) -> Result<(String, i64, String), CaError> {
         if ttl_secs <= 0 {
             return Err(CaError::ZeroTtl);
         }
@@ -100,6 +113,10 @@ impl JwtSigner {
         claims.insert("aud".into(), aud);
         claims.insert("exp".into(), exp.into());
         claims.insert("iat".into(), now.into());
+        let mut jti = [0u8; 16];
+        self.rng.fill(&mut jti).map_err(|_| CaError::Signing)?;
+        let jti = hex::encode(jti);
+        claims.insert("jti".into(), jti.clone().into());
         if let Some(iss) = &self.issuer {
             claims.insert("iss".into(), iss.clone().into());
         }
@@ -115,6 +132,7 @@ impl JwtSigner {
         Ok((
             format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())),
             exp,
+            jti,
         ))
     }
 }

@@ -74,6 +74,9 @@ pub(crate) enum Command {
     /// X509-SVIDs from the Workload API.
     #[command(subcommand)]
     Svid(SvidCmd),
+    /// The audit journal: who got which identity, when, and what changed.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Sidecar that keeps SVID files fresh.
     Helper {
         /// Helper config file (TOML).
@@ -253,6 +256,68 @@ pub(crate) enum EntryCmd {
         /// Entry IDs.
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+/// Which audit records (at most one correlation ID; `--kind` and `--since` narrow further).
+#[derive(Debug, Args)]
+pub(crate) struct AuditFilter {
+    /// Records about this SPIFFE ID.
+    #[arg(long, conflicts_with_all = ["serial", "jti", "entry"])]
+    pub(crate) spiffe_id: Option<String>,
+    /// Records about this X509-SVID serial (hex).
+    #[arg(long, conflicts_with_all = ["jti", "entry"])]
+    pub(crate) serial: Option<String>,
+    /// Records about this JWT-SVID `jti`.
+    #[arg(long, conflicts_with = "entry")]
+    pub(crate) jti: Option<String>,
+    /// Records about this entry ID.
+    #[arg(long)]
+    pub(crate) entry: Option<String>,
+    /// Only records of this kind (`x509.issued`, `entry.created`, ...); repeatable.
+    #[arg(long = "kind")]
+    pub(crate) kinds: Vec<String>,
+    /// Only records since this time: RFC 3339, or a duration back from now (`1h`, `7d`).
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Lists audit records, oldest first.
+    List {
+        #[command(flatten)]
+        socket: AdminSocket,
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Most records to print (0: all).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Shows one record by its number.
+    Show {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Record number (`seq`).
+        seq: u64,
+    },
+    /// One identity's lifecycle in order: a serial, a `jti` or a SPIFFE ID.
+    Trace {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// X509-SVID serial (hex), JWT-SVID `jti`, or `spiffe://` ID.
+        what: String,
+    },
+    /// Checks the whole journal: hashes, chain, signed checkpoints, the tail. Exits 1 naming
+    /// the first bad record.
+    Verify(AdminSocket),
+    /// Every record (or those since `--since`) as JSON lines, for a SIEM.
+    Export {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// RFC 3339, or a duration back from now.
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 

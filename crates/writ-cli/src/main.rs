@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod args;
+mod audit;
 mod dev;
 mod files;
 mod output;
@@ -119,6 +120,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token(c) => admin::token(c, out).await,
         Command::Entry(c) => admin::entry(c, out).await,
         Command::Node(c) => admin::node(c, out).await,
+        Command::Audit(c) => audit::run(c, out).await,
         Command::Bundle(c) => admin::bundle(c, out).await,
         Command::X509(c) => admin::x509(c, out).await,
         Command::Jwt(JwtCmd::Mint {

@@ -51,6 +51,25 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default = "default_max_agent_connections")]
     max_agent_connections: usize,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit { enabled: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_max_agent_connections() -> usize {
@@ -144,6 +163,8 @@ pub struct ServerConfig {
     /// past it new connections wait in the listen backlog. Keep it under the process's
     /// descriptor limit (`LimitNOFILE=` in the systemd unit).
     pub max_agent_connections: usize,
+    /// `[audit] enabled`: keep the audit journal (default true; off only to measure its cost).
+    pub audit_enabled: bool,
 }
 
 fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
@@ -274,6 +295,7 @@ impl ServerConfig {
             upstream_authority,
             metrics_listen,
             max_agent_connections: raw.max_agent_connections,
+            audit_enabled: raw.audit.enabled,
         })
     }
 }

@@ -11,6 +11,7 @@
 //!   operators) translate messages and call the flows below.
 //! - `attest/`: node attestation: the exchange (`flow`) and the attestors (`join_token`,
 //!   `x509pop`); `rate_limit`: attestations per source address.
+//! - `audit/`: the audit journal (group-committed writes, the checkpoint key, verify).
 //! - `auth`: who is calling (an agent's current SVID, every mTLS call).
 //! - `registry`: entry writes (store, index, broadcast), node eviction and bans, join tokens.
 //! - `index`: the in-memory entry index and the authorisation rule; `authorise`: the rule
@@ -29,6 +30,7 @@
 
 pub(crate) mod agent_svid;
 pub(crate) mod attest;
+pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod authorise;
 pub(crate) mod background;
@@ -50,6 +52,7 @@ pub(crate) mod signing;
 pub mod state;
 pub(crate) mod sync;
 
+pub use audit::AuditError;
 pub use bundles::BundleSet;
 pub use config::{ConfigError, ServerConfig};
 pub use registry::RegistryError;

@@ -18,6 +18,7 @@ use writ_tls::socket::SocketError;
 use writ_tls::SvidResolver;
 
 use crate::attest::{self, Attestors};
+use crate::audit::AuditLog;
 use crate::background::{self, mint_server_svid, persist_journal};
 use crate::config::ServerConfig;
 use crate::index::EntryIndex;
@@ -58,6 +59,9 @@ pub enum ServerError {
     /// A gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The audit journal could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// A server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -122,6 +126,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let store = plugins::store(&cfg)?;
     let keys = plugins::key_manager(&cfg)?;
     let upstream = plugins::upstream_authority(&cfg)?;
+    let audit = AuditLog::open(store.clone(), keys.as_ref(), cfg.audit_enabled).await?;
     let journal: Option<CaJournal> = match store.get_ca_journal()? {
         Some(b) => Some(serde_json::from_slice(&b).map_err(ServerError::Journal)?),
         None => None,
@@ -175,6 +180,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         server_svid_window: window,
         attestors,
         metrics: Arc::new(Metrics::default()),
+        audit,
     });
     state.refresh_own_bundle()?;
 

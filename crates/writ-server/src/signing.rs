@@ -57,6 +57,9 @@ pub(crate) enum SignError {
     /// The datastore failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The issue records could not be made durable: nothing is handed out unrecorded.
+    #[error("not issued: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Whether a CA error is the requester's fault (a bad CSR, key, ID, TTL or DNS name) rather
@@ -130,12 +133,13 @@ impl ServerState {
         id: &SpiffeId,
         audience: &[String],
         ttl: i64,
-    ) -> Result<(String, i64), SignError> {
+    ) -> Result<MintedJwt, SignError> {
         if audience.is_empty() || audience.iter().any(|a| a.is_empty() || a.len() > 1024) {
             return Err(SignError::BadAudience);
         }
         let signer = self.ca.read().unwrap_or_else(unpoison).jwt_signer();
-        let out = signer.sign(id, audience, ttl, writ_core::now_unix())?;
+        let (token, exp, jti) = signer.sign_with_jti(id, audience, ttl, writ_core::now_unix())?;
+        let out = MintedJwt { token, exp, jti };
         self.metrics.jwt_signed.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
@@ -147,7 +151,7 @@ impl ServerState {
         node: &AttestedNode,
         entry_id: &str,
         audience: &[String],
-    ) -> Result<(String, i64), SignError> {
+    ) -> Result<(MintedJwt, Arc<Entry>), SignError> {
         let entry = self
             .authorized_for(node, &[entry_id])?
             .pop()
@@ -171,8 +175,19 @@ impl ServerState {
                 agent: node.spiffe_id.clone(),
             });
         }
-        Ok(out)
+        Ok((out, entry))
     }
+}
+
+/// A signed JWT-SVID.
+#[derive(Debug, Clone)]
+pub(crate) struct MintedJwt {
+    /// The compact JWS.
+    pub(crate) token: String,
+    /// `exp` (unix seconds).
+    pub(crate) exp: i64,
+    /// `jti`.
+    pub(crate) jti: String,
 }
 
 /// A generous estimate of a signed result's encoded size for `e`: the leaf (fixed fields, the
@@ -298,8 +313,12 @@ impl SigningQueue {
             }));
         }
         let mut results = Vec::new();
+        let mut serials = Vec::new();
         for c in chunks {
-            results.extend(c.await?);
+            for (r, serial) in c.await? {
+                results.push(r);
+                serials.push(serial);
+            }
         }
         results.extend(deferred.into_iter().map(|r| not_signed(r.entry_id)));
         // Backstop for the estimate: never answer over the limit.
@@ -311,25 +330,44 @@ impl SigningQueue {
             }
         }
         st.withdraw_unauthorised(node, &entries, &mut results)?;
+        // Issued means recorded: the records are durable before the response leaves.
+        let issued = results
+            .iter()
+            .zip(&serials)
+            .zip(&entries)
+            .filter(|((r, _), _)| !r.cert_chain.is_empty())
+            .map(|((r, serial), e)| {
+                crate::audit::events::x509_issued(
+                    writ_audit::Actor::agent(node.spiffe_id.as_str()),
+                    e,
+                    serial,
+                    r.expires_at,
+                )
+            })
+            .collect();
+        st.audit.record(issued).await?;
         Ok(pb::BatchSignX509Response { results })
     }
 }
 
 /// Verifies one CSR and signs its X509-SVID; a refusal is reported in the result, not as an error
 /// for the whole batch.
-fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> pb::SignX509Result {
+fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> (pb::SignX509Result, String) {
     let ttl = if e.x509_svid_ttl > 0 {
         e.x509_svid_ttl as i64
     } else {
         st.cfg.default_x509_svid_ttl
     };
     match st.mint_from_csr(&r.csr, &e.spiffe_id, ttl, &e.dns_names) {
-        Ok(svid) => pb::SignX509Result {
-            entry_id: r.entry_id,
-            cert_chain: svid.chain,
-            expires_at: svid.not_after,
-            error: String::new(),
-        },
+        Ok(svid) => (
+            pb::SignX509Result {
+                entry_id: r.entry_id,
+                cert_chain: svid.chain,
+                expires_at: svid.not_after,
+                error: String::new(),
+            },
+            svid.serial_hex,
+        ),
         Err(e) => {
             // Counted like a refused call: a bad CSR is bad input, whatever else the batch holds.
             if matches!(&e, SignError::Ca(c) if is_bad_request(c)) {
@@ -337,12 +375,15 @@ fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> pb::SignX509
             } else {
                 tracing::error!(error = %e, entry = %r.entry_id, "signing failed");
             }
-            pb::SignX509Result {
-                entry_id: r.entry_id,
-                cert_chain: Vec::new(),
-                expires_at: 0,
-                error: e.to_string(),
-            }
+            (
+                pb::SignX509Result {
+                    entry_id: r.entry_id,
+                    cert_chain: Vec::new(),
+                    expires_at: 0,
+                    error: e.to_string(),
+                },
+                String::new(),
+            )
         }
     }
 }

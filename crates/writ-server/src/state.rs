@@ -15,6 +15,7 @@ use writ_store::{Change, Store};
 use writ_tls::{SharedBundle, SvidResolver};
 
 use crate::attest::Attestors;
+use crate::audit::AuditLog;
 use crate::bundles::BundleSet;
 use crate::config::ServerConfig;
 use crate::index::EntryIndex;
@@ -71,6 +72,8 @@ pub struct ServerState {
     pub(crate) metrics: Arc<Metrics>,
     /// Enabled node attestors.
     pub(crate) attestors: Attestors,
+    /// The audit journal.
+    pub(crate) audit: AuditLog,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -91,6 +94,7 @@ pub(crate) struct Parts {
     pub(crate) server_svid_window: (i64, i64),
     pub(crate) attestors: Attestors,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) audit: AuditLog,
 }
 
 /// A poisoned lock still holds consistent data here (every critical section is a plain
@@ -126,6 +130,7 @@ impl ServerState {
             server_svid_window: Mutex::new(p.server_svid_window),
             metrics: p.metrics,
             attestors: p.attestors,
+            audit: p.audit,
         })
     }
 

@@ -86,7 +86,16 @@ impl SledStore {
         let start = (after.saturating_add(1)).to_be_bytes();
         let read = |k: &[u8], v: &[u8]| -> Result<Record, (u64, String)> {
             let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-            serde_json::from_slice(v).map_err(|e| (seq, e.to_string()))
+            let r: Record = serde_json::from_slice(v).map_err(|e| (seq, e.to_string()))?;
+            // A record stored under another number was moved: say so rather than let the
+            // verifier guess between a gap and a reorder.
+            if r.seq != seq {
+                return Err((
+                    seq,
+                    format!("it holds record {}: records were swapped or moved", r.seq),
+                ));
+            }
+            Ok(r)
         };
         match query.indexed() {
             None => {

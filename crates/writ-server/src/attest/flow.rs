@@ -126,9 +126,11 @@ pub(crate) async fn attest(
     // Record the node in one atomic read-modify-write: a ban (or another attestation of a node
     // that cannot re-attest) that landed since the check above wins.
     let mut refusal = None;
+    let mut stored = None;
     let can_reattest = attested.can_reattest;
     st.store.update_node(&attested.agent_id, &mut |cur| {
         refusal = None;
+        stored = None;
         match cur {
             Some(n) if n.banned => {
                 refusal = Some(FlowError::Banned(n.spiffe_id.clone()));
@@ -138,22 +140,32 @@ pub(crate) async fn attest(
                 refusal = Some(FlowError::AlreadyAttested(n.spiffe_id.clone()));
                 NodeUpdate::Keep
             }
-            _ => NodeUpdate::Put(AttestedNode {
-                spiffe_id: attested.agent_id.clone(),
-                attestor: attestor.name().to_owned(),
-                selectors: attested.selectors.clone(),
-                cert_serial: svid.serial_hex.clone(),
-                cert_not_after: svid.not_after,
-                prev_cert_serial: String::new(),
-                aliases: attested.aliases.clone(),
-                banned: false,
-                created_at: cur.map_or(now, |n| n.created_at),
-                revision: 0,
-            }),
+            _ => {
+                let n = AttestedNode {
+                    spiffe_id: attested.agent_id.clone(),
+                    attestor: attestor.name().to_owned(),
+                    selectors: attested.selectors.clone(),
+                    cert_serial: svid.serial_hex.clone(),
+                    cert_not_after: svid.not_after,
+                    prev_cert_serial: String::new(),
+                    aliases: attested.aliases.clone(),
+                    banned: false,
+                    created_at: cur.map_or(now, |n| n.created_at),
+                    revision: 0,
+                };
+                stored = Some(n.clone());
+                NodeUpdate::Put(n)
+            }
         }
     })?;
     if let Some(r) = refusal {
         return Err(r);
+    }
+    if let Some(n) = &stored {
+        st.audit
+            .record(vec![crate::audit::events::node_attested(n)])
+            .await
+            .map_err(SignError::from)?;
     }
     tracing::info!(agent = %attested.agent_id, attestor = attestor.name(), "agent attested");
     Ok((attested.agent_id, svid))

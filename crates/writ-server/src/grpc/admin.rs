@@ -15,13 +15,17 @@ use writ_proto::v1 as pb;
 use writ_proto::v1::admin_server::Admin;
 
 use super::status;
+use crate::audit::events;
 use crate::registry::EntryQuery;
 use crate::state::ServerState;
+use writ_store::AuditQuery;
 
 /// Longest join token lifetime.
 pub(crate) const MAX_TOKEN_TTL: i64 = 30 * 86_400;
 /// Most entries in one batch create.
 pub(crate) const MAX_BATCH_ENTRIES: usize = 10_000;
+/// Most audit records in one page.
+pub(crate) const MAX_AUDIT_PAGE: u32 = 10_000;
 /// Longest SVID lifetime the admin API mints directly.
 pub(crate) const MAX_MINT_TTL: i64 = 30 * 86_400;
 
@@ -35,6 +39,23 @@ impl AdminApi {
     /// Wraps the shared state.
     pub(crate) fn new(state: Arc<ServerState>) -> Self {
         AdminApi { state }
+    }
+}
+
+/// The operator calling: the admin socket's peer UID (the socket is private to the server's
+/// user and root, so this names who ran the command, as far as the kernel knows).
+fn operator<T>(req: &Request<T>) -> writ_audit::Actor {
+    let uid = req
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid());
+    match uid {
+        Some(uid) => writ_audit::Actor::operator(uid),
+        None => writ_audit::Actor {
+            kind: "operator".into(),
+            ..writ_audit::Actor::server()
+        },
     }
 }
 
@@ -84,6 +105,14 @@ impl Admin for AdminApi {
             Some(id)
         };
         let t = self.state.create_join_token(alias, ttl)?;
+        let mut rec = events::admin_action(operator(&req), "CreateJoinToken");
+        if let Some(a) = &t.spiffe_id {
+            rec = rec.spiffe_id(a);
+        }
+        self.state
+            .audit
+            .note(vec![rec.detail("expires_at", t.expires_at)])
+            .await;
         Ok(Response::new(pb::CreateJoinTokenResponse {
             token: t.token,
             spiffe_id: t.spiffe_id.map(|a| a.to_string()).unwrap_or_default(),
@@ -94,6 +123,10 @@ impl Admin for AdminApi {
     async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {
         let e = entry_from_pb(req.get_ref())?;
         let e = self.state.create_entry(e).await?;
+        self.state
+            .audit
+            .note(vec![events::entry_created(operator(&req), &e)])
+            .await;
         Ok(Response::new(entry_to_pb(&e)))
     }
 
@@ -101,6 +134,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<pb::BatchCreateEntriesRequest>,
     ) -> Result<Response<pb::BatchCreateEntriesResponse>, Status> {
+        let actor = operator(&req);
         let r = req.into_inner();
         if r.entries.is_empty() || r.entries.len() > MAX_BATCH_ENTRIES {
             return Err(Status::invalid_argument(format!(
@@ -114,6 +148,15 @@ impl Admin for AdminApi {
             .map(entry_from_pb)
             .collect::<Result<Vec<_>, _>>()?;
         let created = self.state.create_entries(entries).await?;
+        self.state
+            .audit
+            .note(
+                created
+                    .iter()
+                    .map(|e| events::entry_created(actor.clone(), e))
+                    .collect(),
+            )
+            .await;
         Ok(Response::new(pb::BatchCreateEntriesResponse {
             entries: created.iter().map(entry_to_pb).collect(),
         }))
@@ -124,7 +167,14 @@ impl Admin for AdminApi {
         if e.id.is_empty() {
             return Err(Status::invalid_argument("id is required"));
         }
+        let old = self.state.get_entry(&e.id).ok();
         let e = self.state.update_entry(e).await?;
+        if let Some(old) = old {
+            self.state
+                .audit
+                .note(vec![events::entry_updated(operator(&req), &old, &e)])
+                .await;
+        }
         Ok(Response::new(entry_to_pb(&e)))
     }
 
@@ -167,7 +217,17 @@ impl Admin for AdminApi {
         if ids.is_empty() {
             return Err(Status::invalid_argument("ids is empty"));
         }
+        let before: Vec<_> = ids
+            .iter()
+            .filter_map(|id| self.state.get_entry(id).ok())
+            .collect();
         let deleted = self.state.delete_entries(ids).await?;
+        let gone = before
+            .iter()
+            .filter(|e| self.state.get_entry(&e.id).is_err())
+            .map(|e| events::entry_deleted(operator(&req), e))
+            .collect();
+        self.state.audit.note(gone).await;
         Ok(Response::new(pb::DeleteEntriesResponse { deleted }))
     }
 
@@ -194,7 +254,12 @@ impl Admin for AdminApi {
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::AttestedNode>, Status> {
         let id = parse_id("spiffe_id", &req.get_ref().spiffe_id)?;
-        Ok(Response::new(node_to_pb(&self.state.evict_node(&id)?)))
+        let n = self.state.evict_node(&id)?;
+        self.state
+            .audit
+            .note(vec![events::node_removed(operator(&req), &n, false)])
+            .await;
+        Ok(Response::new(node_to_pb(&n)))
     }
 
     async fn ban_node(
@@ -202,7 +267,12 @@ impl Admin for AdminApi {
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::AttestedNode>, Status> {
         let id = parse_id("spiffe_id", &req.get_ref().spiffe_id)?;
-        Ok(Response::new(node_to_pb(&self.state.ban_node(&id)?)))
+        let n = self.state.ban_node(&id)?;
+        self.state
+            .audit
+            .note(vec![events::node_removed(operator(&req), &n, true)])
+            .await;
+        Ok(Response::new(node_to_pb(&n)))
     }
 
     async fn get_bundle(
@@ -230,6 +300,9 @@ impl Admin for AdminApi {
         let b = self
             .state
             .set_federated_bundle(bundle_from_pb(req.get_ref())?)?;
+        let rec = events::admin_action(operator(&req), "SetFederatedBundle")
+            .detail("trust_domain", b.trust_domain.to_string());
+        self.state.audit.note(vec![rec]).await;
         Ok(Response::new(bundle_to_pb(&b)?))
     }
 
@@ -240,6 +313,9 @@ impl Admin for AdminApi {
         let td = TrustDomain::new(&req.get_ref().trust_domain)
             .map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
         self.state.delete_federated_bundle(&td)?;
+        let rec = events::admin_action(operator(&req), "DeleteFederatedBundle")
+            .detail("trust_domain", td.to_string());
+        self.state.audit.note(vec![rec]).await;
         Ok(Response::new(pb::DeleteFederatedBundleResponse {}))
     }
 
@@ -257,6 +333,17 @@ impl Admin for AdminApi {
             "x509",
         )?;
         let (svid, key) = self.state.mint_with_new_key(&id, ttl, &r.dns_names)?;
+        let rec = events::x509_minted(
+            operator(&req),
+            id.as_str(),
+            &svid.serial_hex,
+            svid.not_after,
+        );
+        self.state
+            .audit
+            .record(vec![rec])
+            .await
+            .map_err(crate::signing::SignError::from)?;
         let own = self.state.bundles.borrow().own.clone();
         tracing::info!(spiffe_id = %id, "x509-svid minted by operator");
         Ok(Response::new(pb::MintX509Response {
@@ -285,11 +372,106 @@ impl Admin for AdminApi {
             MAX_MINT_TTL,
             "jwt",
         )?;
-        let (token, expires_at) = self.state.mint_jwt(&id, &r.audience, ttl)?;
+        let jwt = self.state.mint_jwt(&id, &r.audience, ttl)?;
+        let rec = events::jwt_issued(
+            operator(&req),
+            id.as_str(),
+            None,
+            &jwt.jti,
+            &r.audience,
+            jwt.exp,
+        );
+        self.state
+            .audit
+            .record(vec![rec])
+            .await
+            .map_err(crate::signing::SignError::from)?;
         tracing::info!(spiffe_id = %id, "jwt-svid minted by operator");
         Ok(Response::new(pb::AdminMintJwtResponse {
-            token,
-            expires_at,
+            token: jwt.token,
+            expires_at: jwt.exp,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let r = req.into_inner();
+        let selectors = [&r.spiffe_id, &r.serial, &r.jti, &r.entry_id];
+        if selectors.iter().filter(|s| !s.is_empty()).count() > 1 {
+            return Err(Status::invalid_argument(
+                "select audit records by at most one of spiffe_id, serial, jti, entry_id",
+            ));
+        }
+        if r.limit > MAX_AUDIT_PAGE {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is over the maximum of {MAX_AUDIT_PAGE}",
+                r.limit
+            )));
+        }
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let since = (r.since_ms > 0).then(|| writ_audit::rfc3339_ms(r.since_ms));
+        let state = self.state.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            let query = if !r.spiffe_id.is_empty() {
+                AuditQuery::SpiffeId(&r.spiffe_id)
+            } else if !r.serial.is_empty() {
+                AuditQuery::Serial(&r.serial)
+            } else if !r.jti.is_empty() {
+                AuditQuery::Jti(&r.jti)
+            } else if !r.entry_id.is_empty() {
+                AuditQuery::Entry(&r.entry_id)
+            } else {
+                AuditQuery::All
+            };
+            let keep = |rec: &writ_audit::Record| {
+                (r.kinds.is_empty() || r.kinds.contains(&rec.kind))
+                    && since
+                        .as_ref()
+                        .is_none_or(|t| rec.time.as_str() >= t.as_str())
+            };
+            state.audit.scan(query, r.after_seq, limit, &keep)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("audit scan failed: {e}")))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let next_after_seq = if records.len() == limit {
+            records.last().map_or(0, |r| r.seq)
+        } else {
+            0
+        };
+        let records = records
+            .iter()
+            .map(|r| serde_json::to_string(r).map_err(|e| Status::internal(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListAuditResponse {
+            records,
+            next_after_seq,
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        _req: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let state = self.state.clone();
+        let outcome = tokio::task::spawn_blocking(move || state.audit.verify())
+            .await
+            .map_err(|e| Status::internal(format!("audit verify failed: {e}")))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match outcome {
+            Ok(rep) => pb::VerifyAuditResponse {
+                error: String::new(),
+                records: rep.records,
+                checkpoints: rep.checkpoints,
+                head_hash: rep.head_hash,
+                keys: rep.keys,
+            },
+            Err(e) => pb::VerifyAuditResponse {
+                error: e.to_string(),
+                ..Default::default()
+            },
         }))
     }
 }

@@ -108,6 +108,11 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let who = caller(&req)?;
         let (node, svid) = self.state.renew_agent(&who, &req.get_ref().csr)?;
+        self.state
+            .audit
+            .record(vec![crate::audit::events::node_renewed(&node)])
+            .await
+            .map_err(crate::signing::SignError::from)?;
         Ok(Response::new(pb::RenewAgentResponse {
             svid: Some(self.agent_svid(&node.spiffe_id, svid)?),
         }))
@@ -154,8 +159,24 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::MintJwtResponse>, Status> {
         let node = caller(&req)?.node;
         let r = req.get_ref();
-        let (token, expires_at) = self.state.mint_jwt_for(&node, &r.entry_id, &r.audience)?;
-        Ok(Response::new(pb::MintJwtResponse { token, expires_at }))
+        let (jwt, entry) = self.state.mint_jwt_for(&node, &r.entry_id, &r.audience)?;
+        let rec = crate::audit::events::jwt_issued(
+            writ_audit::Actor::agent(node.spiffe_id.as_str()),
+            entry.spiffe_id.as_str(),
+            Some(&entry.id),
+            &jwt.jti,
+            &r.audience,
+            jwt.exp,
+        );
+        self.state
+            .audit
+            .record(vec![rec])
+            .await
+            .map_err(crate::signing::SignError::from)?;
+        Ok(Response::new(pb::MintJwtResponse {
+            token: jwt.token,
+            expires_at: jwt.exp,
+        }))
     }
 
     type WatchBundlesStream = Stream<pb::WatchBundlesResponse>;

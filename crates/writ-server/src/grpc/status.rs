@@ -89,6 +89,12 @@ impl From<SignError> for Status {
             SignError::ShuttingDown => Status::unavailable(e.to_string()),
             SignError::Task(_) => internal("signing", &e),
             SignError::Store(s) => store(s),
+            // The journal is down: refuse rather than hand out an unrecorded SVID; the caller
+            // retries (Unavailable), as it does for a datastore that is down.
+            SignError::Audit(_) => {
+                tracing::error!(error = %e, "SVID withheld: audit journal unavailable");
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }

@@ -1,0 +1,258 @@
+//! The audit journal through the real processes: every issuance path (agent batch, agent JWT,
+//! operator `x509 mint` / `jwt mint`) leaves exactly one issue record, `writ audit trace`
+//! follows one credential, acknowledged records survive `kill -9`, and `writ audit verify`
+//! names the first bad record when the datastore is edited behind the server's back (sled
+//! opened directly, as an attacker with the data directory would).
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+use writ_testkit::*;
+
+/// The `jti` claim of a compact JWT (decoded here, not by writ).
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().expect("JWT-SVIDs carry a jti").to_owned()
+}
+
+/// The serial of the first certificate in a PEM chain, lowercase hex (parsed by x509-parser).
+fn serial_of_pem(pem_text: &str) -> String {
+    use x509_parser::prelude::*;
+    let (_, p) = parse_x509_pem(pem_text.as_bytes()).unwrap();
+    let (_, c) = X509Certificate::from_der(&p.contents).unwrap();
+    c.raw_serial().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn records(s: &TestServer, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["audit", "list"];
+    a.extend_from_slice(args);
+    s.cli_json(&a).as_array().unwrap().clone()
+}
+
+#[test]
+fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
+    let mut s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    let uid = format!("unix:uid:{}", my_uid());
+    let entry = s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/node/a",
+        "--selector",
+        &uid,
+        "--owner",
+        "team-web",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Agent batch signing, delivered through the Workload API.
+    let served = eventually("the workload is served", Duration::from_secs(30), || {
+        let r = a.cli(&["svid", "fetch", "--output", "json"]);
+        (r.code == 0).then(|| r.json()["svids"][0].clone())
+    });
+    let agent_serial = served["serial"].as_str().unwrap().to_owned();
+    assert_eq!(
+        agent_serial,
+        serial_of_pem(served["cert_pem"].as_str().unwrap())
+    );
+    // Agent JWT minting.
+    let r = a
+        .cli(&["jwt", "fetch", "--audience", "db", "--output", "json"])
+        .ok();
+    let agent_jti = jti_of(r.json()["svids"][0]["token"].as_str().unwrap());
+    // Operator minting.
+    let minted = s.cli_json(&["x509", "mint", "--spiffe-id", "spiffe://example.org/batch"]);
+    let op_serial = serial_of_pem(minted["cert_pem"].as_str().unwrap());
+    let minted = s.cli_json(&[
+        "jwt",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/batch",
+        "--audience",
+        "api",
+    ]);
+    let op_jti = jti_of(minted["token"].as_str().unwrap());
+
+    let check = |s: &TestServer| {
+        let r = records(s, &["--serial", &agent_serial]);
+        assert_eq!(r.len(), 1, "one record for the agent-issued serial: {r:?}");
+        assert_eq!(r[0]["kind"], "x509.issued");
+        assert_eq!(r[0]["spiffe_id"], "spiffe://example.org/web");
+        assert_eq!(r[0]["entry_id"], entry.as_str());
+        assert_eq!(r[0]["actor"]["type"], "agent");
+
+        let r = records(s, &["--jti", &agent_jti]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0]["kind"], "jwt.issued");
+        assert_eq!(r[0]["details"]["audience"], serde_json::json!(["db"]));
+        assert_eq!(r[0]["entry_id"], entry.as_str());
+
+        let r = records(s, &["--serial", &op_serial]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0]["actor"]["type"], "operator");
+        assert_eq!(r[0]["actor"]["uid"], my_uid());
+        let r = records(s, &["--jti", &op_jti]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0]["spiffe_id"], "spiffe://example.org/batch");
+
+        // Every x509.issued record names a distinct serial: nothing is journalled twice.
+        let all = records(s, &["--kind", "x509.issued", "--limit", "0"]);
+        let mut serials: Vec<&str> = all.iter().map(|r| r["serial"].as_str().unwrap()).collect();
+        let n = serials.len();
+        serials.sort();
+        serials.dedup();
+        assert_eq!(serials.len(), n, "a serial journalled twice: {all:?}");
+
+        // The credential's lifecycle: its entry's creation, then its issue.
+        let t = s
+            .cli(&["audit", "trace", &agent_serial, "--output", "json"])
+            .ok()
+            .json();
+        let kinds: Vec<&str> = t
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["entry.created", "x509.issued"], "{t}");
+        assert_eq!(t[0]["details"]["entry"]["owner"], "team-web");
+
+        let v = s.cli(&["audit", "verify", "--output", "json"]).ok().json();
+        assert_eq!(v["ok"], true, "{v}");
+        assert!(v["records"].as_u64().unwrap() >= 6, "{v}");
+    };
+    check(&s);
+    // Nodes are journalled too.
+    let nodes = records(&s, &["--kind", "node.attested"]);
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+
+    // What was acknowledged survives kill -9.
+    s.kill9();
+    s.spawn();
+    check(&s);
+    // Export is JSON lines, one record each, in order.
+    let export = s.cli(&["audit", "export"]).ok().stdout;
+    let seqs: Vec<u64> = export
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    drop(a);
+}
+
+/// Copies a directory tree (the stopped server's datastore).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn audit_verify_names_the_first_bad_record_after_tampering() {
+    let mut s = TestServer::start(ServerOpts::default());
+    for i in 0..6 {
+        s.cli_json(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://example.org/w{i}"),
+            "--parent-id",
+            "spiffe://example.org/node/a",
+            "--selector",
+            "unix:uid:1",
+        ]);
+    }
+    // Record 1 names the audit key; 2..=7 are the entries.
+    let v = s.cli(&["audit", "verify", "--output", "json"]).ok().json();
+    assert_eq!(v["records"], 7, "{v}");
+    assert_eq!(s.terminate(), Some(0));
+    let store = s.dir.path().join("data/datastore");
+    let clean = s.dir.path().join("datastore.clean");
+    copy_dir(&store, &clean);
+
+    type Tamper = fn(&sled::Tree);
+    let cases: [(&str, Tamper, &str); 4] = [
+        (
+            "edit a field",
+            |t| {
+                let mut r: Value =
+                    serde_json::from_slice(&t.get(4u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+                r["spiffe_id"] = "spiffe://example.org/someone-else".into();
+                t.insert(4u64.to_be_bytes(), serde_json::to_vec(&r).unwrap())
+                    .unwrap();
+            },
+            "record 4 was edited",
+        ),
+        (
+            "delete a record",
+            |t| {
+                t.remove(5u64.to_be_bytes()).unwrap();
+            },
+            "record 5 is missing",
+        ),
+        (
+            "swap two records",
+            |t| {
+                let a = t.get(3u64.to_be_bytes()).unwrap().unwrap();
+                let b = t.get(6u64.to_be_bytes()).unwrap().unwrap();
+                t.insert(3u64.to_be_bytes(), b).unwrap();
+                t.insert(6u64.to_be_bytes(), a).unwrap();
+            },
+            "record 3 cannot be read: it holds record 6: records were swapped or moved",
+        ),
+        (
+            "drop the tail",
+            |t| {
+                t.remove(7u64.to_be_bytes()).unwrap();
+                t.remove(6u64.to_be_bytes()).unwrap();
+            },
+            "the journal ends at record 5 but a signed checkpoint covers up to record 7",
+        ),
+    ];
+    for (what, tamper, expected) in cases {
+        std::fs::remove_dir_all(&store).unwrap();
+        copy_dir(&clean, &store);
+        {
+            let db = sled::open(&store).unwrap();
+            let t = db.open_tree("audit").unwrap();
+            tamper(&t);
+            db.flush().unwrap();
+        }
+        s.spawn();
+        let r = s.cli(&["audit", "verify"]);
+        assert_eq!(r.code, 1, "{what}: verify must fail: {r:?}");
+        assert!(
+            r.stderr.contains(expected),
+            "{what}: expected `{expected}` in: {}",
+            r.stderr
+        );
+        assert_eq!(s.terminate(), Some(0));
+    }
+    // The untouched copy still verifies.
+    std::fs::remove_dir_all(&store).unwrap();
+    copy_dir(&clean, &store);
+    s.spawn();
+    s.cli(&["audit", "verify"]).ok();
+}
