@@ -110,6 +110,25 @@ fn unreachable_server_is_an_operation_failure() {
 }
 
 #[test]
+fn every_command_is_in_the_reference() {
+    for top in subcommands(&cli(&["--help"], &[]).ok().stdout) {
+        let subs = subcommands(&cli(&[&top, "--help"], &[]).ok().stdout);
+        if subs.is_empty() {
+            assert!(
+                COMMANDS.iter().any(|c| c == &[top.as_str()]),
+                "`writ {top}` is missing from COMMANDS (tests/cli/support.rs)"
+            );
+        }
+        for sub in subs {
+            assert!(
+                COMMANDS.iter().any(|c| c == &[top.as_str(), sub.as_str()]),
+                "`writ {top} {sub}` is missing from COMMANDS (tests/cli/support.rs)"
+            );
+        }
+    }
+}
+
+#[test]
 fn cli_reference_is_in_sync() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
     let want = generated_cli_reference();

@@ -28,13 +28,32 @@ pub(crate) const COMMANDS: &[&[&str]] = &[
     &["bundle", "set"],
     &["bundle", "delete"],
     &["x509", "mint"],
+    &["x509", "revoke"],
     &["jwt", "mint"],
+    &["jwt", "revoke"],
     &["jwt", "fetch"],
     &["jwt", "validate"],
     &["svid", "fetch"],
     &["svid", "watch"],
+    &["audit", "list"],
+    &["audit", "show"],
+    &["audit", "trace"],
+    &["audit", "verify"],
+    &["audit", "export"],
     &["helper"],
 ];
+
+/// The subcommand names in the `Commands:` section of a help text.
+pub(crate) fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
+}
 
 pub(crate) fn generated_cli_reference() -> String {
     let mut doc = String::from(

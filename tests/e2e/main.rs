@@ -12,5 +12,6 @@ mod durability;
 mod mtls_example;
 mod nodes;
 mod quickstart;
+mod revocation;
 mod rotation;
 mod support;

@@ -13,6 +13,7 @@ mod attestation;
 mod authorization;
 mod bundles;
 mod entries;
+mod governance;
 mod hardening;
 mod sshpop;
 mod support;

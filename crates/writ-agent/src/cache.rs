@@ -21,6 +21,8 @@ pub struct CachedSvid {
     pub issued_at: i64,
     /// NotAfter (unix seconds).
     pub expires_at: i64,
+    /// Serial number of the leaf, lowercase hex (as the server's revocation list names it).
+    pub serial: String,
     /// When to rotate: half of the lifetime, minus up to a tenth of it at random, so a fleet
     /// that got SVIDs at the same moment does not come back at the same moment.
     pub rotate_at: i64,
@@ -52,6 +54,12 @@ pub struct Cache {
     pub own_bundle: Bundle,
     /// Federated bundles.
     pub federated: Vec<Bundle>,
+    /// The server CA's current CRL (DER), served in the Workload API's `crl` fields.
+    pub crl: Vec<u8>,
+    /// Serials the server revoked (not yet expired): never served, dropped when they arrive.
+    pub revoked_serials: HashSet<String>,
+    /// JWT-SVID `jti`s the server revoked, with their expiry: `ValidateJWTSVID` refuses them.
+    pub revoked_jwts: HashMap<String, i64>,
 }
 
 impl Cache {
@@ -68,7 +76,28 @@ impl Cache {
             svids: HashMap::new(),
             own_bundle,
             federated: Vec::new(),
+            crl: Vec::new(),
+            revoked_serials: HashSet::new(),
+            revoked_jwts: HashMap::new(),
         }
+    }
+
+    /// Installs the server's revocation state; SVIDs with a revoked serial are dropped at once
+    /// (the signer then makes new ones where the entry still stands). Returns whether anything
+    /// workloads can see changed.
+    pub fn apply_revocations(
+        &mut self,
+        crl: Vec<u8>,
+        serials: HashSet<String>,
+        jwts: HashMap<String, i64>,
+    ) -> bool {
+        let before = self.svids.len();
+        self.svids.retain(|_, s| !serials.contains(&s.serial));
+        let changed = self.svids.len() != before || self.crl != crl;
+        self.crl = crl;
+        self.revoked_serials = serials;
+        self.revoked_jwts = jwts;
+        changed
     }
 
     /// Entries by ID.
@@ -205,6 +234,14 @@ fn selector_kinds(e: &Entry) -> HashSet<String> {
             format!("{}:{head}", s.kind())
         })
         .collect()
+}
+
+/// The serial of a DER certificate as lowercase hex (empty if it does not parse).
+pub fn leaf_serial(der: &[u8]) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(der)
+        .map(|(_, c)| hex::encode(c.raw_serial()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

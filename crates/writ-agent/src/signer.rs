@@ -15,7 +15,7 @@ use writ_ca::{KeyType, PrivateKey};
 use writ_core::Entry;
 use writ_proto::v1 as pb;
 
-use crate::cache::CachedSvid;
+use crate::cache::{leaf_serial, CachedSvid};
 use crate::node_client::Node;
 use crate::state::AgentState;
 
@@ -151,6 +151,15 @@ impl AgentState {
                 if c.entries().get(&e.id).map(|x| x.revision) != Some(e.revision) {
                     continue;
                 }
+                let serial = r
+                    .cert_chain
+                    .first()
+                    .map(|d| leaf_serial(d))
+                    .unwrap_or_default();
+                // Revoked while it was being signed: never served.
+                if c.revoked_serials.contains(&serial) {
+                    continue;
+                }
                 let life = (r.expires_at - now).max(1);
                 let jitter = self.random_below((life / 10).max(0) as u64) as i64;
                 c.svids.insert(
@@ -162,6 +171,7 @@ impl AgentState {
                         key_pkcs8: k.pkcs8_der().to_vec(),
                         issued_at: now,
                         expires_at: r.expires_at,
+                        serial,
                         rotate_at: now + life / 2 - jitter,
                     },
                 );

@@ -121,15 +121,32 @@ impl AgentState {
                 Err(e) => tracing::warn!(error = %e, "ignoring malformed federated bundle"),
             }
         }
-        let changed = self.view.update(|c| {
+        let serials: std::collections::HashSet<String> = m.revoked_serials.into_iter().collect();
+        let jwts: std::collections::HashMap<String, i64> = m
+            .revoked_jwts
+            .into_iter()
+            .map(|j| (j.jti, j.expires_at))
+            .collect();
+        let jwts_changed = self.view.read().revoked_jwts != jwts;
+        let (changed, visible) = self.view.update(|c| {
             let changed = c.federated != fed;
             if changed {
                 c.federated = fed;
             }
-            (changed, changed)
+            let revoked = c.apply_revocations(m.crl, serials, jwts);
+            ((changed, changed || revoked), changed || revoked)
         });
+        if jwts_changed {
+            // A revoked token must not be handed out again from the cache.
+            self.view.jwt.retain(|_| false);
+        }
         if changed {
             self.refresh_trust();
+        }
+        if visible {
+            // Dropped SVIDs of entries that still stand are signed again at once.
+            self.sign_now.notify_one();
+            tracing::info!("revocations applied");
         }
     }
 

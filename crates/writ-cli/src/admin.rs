@@ -127,6 +127,10 @@ fn apply_fields(e: &mut Entry, f: EntryFields, creating: bool) -> Result<(), Cli
     if let Some(p) = f.purpose {
         e.purpose = p;
     }
+    if f.break_glass {
+        e.break_glass = true;
+        e.break_glass_reason = f.reason.unwrap_or_default();
+    }
     Ok(())
 }
 
@@ -169,6 +173,7 @@ pub(crate) async fn entry(cmd: EntryCmd, output: Output) -> Result<(), CliError>
             spiffe_id,
             parent_id,
             selector,
+            review,
         } => {
             let mut c = connect(&socket.socket).await?;
             // The server pages the list (by count and size); gather every page.
@@ -201,6 +206,8 @@ pub(crate) async fn entry(cmd: EntryCmd, output: Output) -> Result<(), CliError>
                 }
                 page_token = r.next_page_token;
             }
+            let now = writ_core::now_unix();
+            entries.retain(|e| review.keeps(e, now));
             entries.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then(a.id.cmp(&b.id)));
             let text = if entries.is_empty() {
                 "No entries\n".to_owned()
@@ -327,7 +334,35 @@ fn bundle_value(b: &Bundle) -> Result<Value, CliError> {
 
 pub(crate) async fn bundle(cmd: BundleCmd, output: Output) -> Result<(), CliError> {
     match cmd {
-        BundleCmd::Show { socket, format } => {
+        BundleCmd::Show {
+            socket,
+            format: _,
+            crl: true,
+        } => {
+            let mut c = connect(&socket.socket).await?;
+            let r = c
+                .get_crl(pb::GetCrlRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let pem = writ_core::pem::encode("X509 CRL", &r.crl);
+            match output {
+                Output::Json => out(&format!(
+                    "{}\n",
+                    json!({
+                        "crl_pem": pem,
+                        "revoked_x509": r.revoked_x509.iter().map(revoked_json).collect::<Vec<_>>(),
+                        "revoked_jwt": r.revoked_jwt.iter().map(revoked_json).collect::<Vec<_>>(),
+                    })
+                )),
+                Output::Human => out(&pem),
+            }
+        }
+        BundleCmd::Show {
+            socket,
+            format,
+            crl: false,
+        } => {
             let mut c = connect(&socket.socket).await?;
             let b = bundle_of(
                 c.get_bundle(pb::GetBundleRequest {})
@@ -424,13 +459,88 @@ fn parse_bundle_file(td: TrustDomain, data: &[u8]) -> Result<Bundle, String> {
     }
 }
 
+/// One revoked credential as JSON.
+fn revoked_json(r: &pb::RevokedCredential) -> Value {
+    json!({
+        "id": r.id,
+        "spiffe_id": r.spiffe_id,
+        "expires_at": rfc3339(r.expires_at),
+        "revoked_at": rfc3339(r.revoked_at),
+        "reason": r.reason,
+    })
+}
+
+fn print_revoked(output: Output, r: &pb::RevokeResponse) {
+    let text = r
+        .revoked
+        .iter()
+        .map(|c| {
+            format!(
+                "revoked {} ({}, expires {}): {}\n",
+                c.id,
+                c.spiffe_id,
+                rfc3339(c.expires_at),
+                c.reason
+            )
+        })
+        .collect();
+    print(
+        output,
+        json!({"revoked": r.revoked.iter().map(revoked_json).collect::<Vec<_>>()}),
+        text,
+    );
+}
+
+/// `writ jwt revoke`.
+pub(crate) async fn jwt_revoke(
+    socket: &Path,
+    jti: String,
+    reason: String,
+    output: Output,
+) -> Result<(), CliError> {
+    let mut c = connect(socket).await?;
+    let r = c
+        .revoke_jwt(pb::RevokeJwtRequest { jti, reason })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print_revoked(output, &r);
+    Ok(())
+}
+
 pub(crate) async fn x509(cmd: X509Cmd, output: Output) -> Result<(), CliError> {
-    let X509Cmd::Mint {
-        socket,
-        spiffe_id,
-        ttl,
-        out_dir,
-    } = cmd;
+    let (socket, spiffe_id, ttl, out_dir) = match cmd {
+        X509Cmd::Mint {
+            socket,
+            spiffe_id,
+            ttl,
+            out_dir,
+        } => (socket, spiffe_id, ttl, out_dir),
+        X509Cmd::Revoke {
+            socket,
+            serial,
+            spiffe_id,
+            entry,
+            reason,
+        } => {
+            let mut c = connect(&socket.socket).await?;
+            let serial = serial
+                .map(|s| crate::audit::normalise_serial(&s))
+                .unwrap_or_default();
+            let r = c
+                .revoke_x509(pb::RevokeX509Request {
+                    serial,
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    entry_id: entry.unwrap_or_default(),
+                    reason,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_revoked(output, &r);
+            return Ok(());
+        }
+    };
     let mut c = connect(&socket.socket).await?;
     let r = c
         .mint_x509(pb::MintX509Request {
@@ -446,7 +556,7 @@ pub(crate) async fn x509(cmd: X509Cmd, output: Output) -> Result<(), CliError> {
     let key_pem = writ_core::pem::encode("PRIVATE KEY", &r.private_key_pkcs8);
     let bundle_pem = writ_core::pem::encode_many("CERTIFICATE", r.bundle.iter().map(Vec::as_slice));
     if let Some(dir) = &out_dir {
-        crate::files::write_svid_files(dir, &cert_pem, &key_pem, &bundle_pem, &[])?;
+        crate::files::write_svid_files(dir, &cert_pem, &key_pem, &bundle_pem, &[], &[])?;
     }
     print(
         output,

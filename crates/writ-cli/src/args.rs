@@ -208,6 +208,46 @@ pub(crate) struct EntryFields {
     /// Purpose.
     #[arg(long)]
     pub(crate) purpose: Option<String>,
+    /// Break-glass: passes the `[governance]` owner and purpose rules, needs `--reason`, ends
+    /// within `break_glass_max_lifetime` (default 1h), and every use is journalled and logged.
+    #[arg(long, requires = "reason")]
+    pub(crate) break_glass: bool,
+    /// Why break-glass is used (with `--break-glass`).
+    #[arg(long, requires = "break_glass")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Access review filters for `entry list`.
+#[derive(Debug, Args)]
+pub(crate) struct EntryReview {
+    /// Only entries that expire within this long (e.g. `7d`), not yet expired.
+    #[arg(long, value_parser = parse_ttl, conflicts_with = "expired")]
+    pub(crate) expiring: Option<Duration>,
+    /// Only entries past their `expires_at` (no longer served).
+    #[arg(long)]
+    pub(crate) expired: bool,
+    /// Only entries without an owner.
+    #[arg(long, conflicts_with = "owner")]
+    pub(crate) no_owner: bool,
+    /// Only entries owned by this owner.
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
+    /// Only break-glass entries.
+    #[arg(long)]
+    pub(crate) break_glass: bool,
+}
+
+impl EntryReview {
+    /// Whether `e` passes every filter given, at `now`.
+    pub(crate) fn keeps(&self, e: &writ_core::Entry, now: i64) -> bool {
+        let expired = e.expires_at.is_some_and(|t| t <= now);
+        self.expiring
+            .is_none_or(|d| !expired && e.expires_at.is_some_and(|t| t <= now + d.as_secs() as i64))
+            && (!self.expired || expired)
+            && (!self.no_owner || e.owner.trim().is_empty())
+            && self.owner.as_ref().is_none_or(|o| &e.owner == o)
+            && (!self.break_glass || e.break_glass)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +279,8 @@ pub(crate) enum EntryCmd {
         /// Only entries with this selector.
         #[arg(long, value_parser = parse_selector)]
         selector: Option<Selector>,
+        #[command(flatten)]
+        review: EntryReview,
     },
     /// Updates an entry (given fields replace the old values).
     Update {
@@ -369,6 +411,10 @@ pub(crate) enum BundleCmd {
         /// Format.
         #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
         format: BundleFormat,
+        /// Print the CA's current CRL (PEM) instead; with `--output json`, the CRL and the
+        /// revoked credentials.
+        #[arg(long)]
+        crl: bool,
     },
     /// Lists federated bundles.
     List(AdminSocket),
@@ -408,6 +454,25 @@ pub(crate) enum X509Cmd {
         /// Write svid.pem, svid.key and bundle.pem here.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+    },
+    /// Revokes X509-SVIDs: one serial, or every outstanding SVID of a SPIFFE ID or an entry.
+    /// Agents stop serving them at once and the CRL lists them until they expire.
+    Revoke {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Serial (hex; `AB:CD` and `0x` forms accepted).
+        #[arg(long, required_unless_present_any = ["spiffe_id", "entry"], conflicts_with_all = ["spiffe_id", "entry"])]
+        serial: Option<String>,
+        /// Every outstanding SVID of this SPIFFE ID.
+        #[arg(long, conflicts_with = "entry")]
+        spiffe_id: Option<String>,
+        /// Every outstanding SVID (and JWT-SVID) of this entry.
+        #[arg(long)]
+        entry: Option<String>,
+        /// Why (required): an RFC 5280 reason (key_compromise, superseded,
+        /// cessation_of_operation, privilege_withdrawn, affiliation_changed) or any text.
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -455,6 +520,17 @@ pub(crate) enum JwtCmd {
         spiffe_id: Option<SpiffeId>,
         #[command(flatten)]
         timeout: WorkloadTimeout,
+    },
+    /// Revokes one JWT-SVID by its `jti`: `ValidateJWTSVID` refuses it until it expires.
+    Revoke {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// The token's `jti` claim.
+        #[arg(long)]
+        jti: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
     },
     /// Validates a JWT-SVID through the Workload API.
     Validate {

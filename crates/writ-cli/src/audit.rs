@@ -161,7 +161,7 @@ fn since_ms(s: &str) -> Result<i64, CliError> {
 }
 
 /// Serials are recorded as lowercase hex without separators; accept `AB:CD` and `0xabcd`.
-fn normalise_serial(s: &str) -> String {
+pub(crate) fn normalise_serial(s: &str) -> String {
     s.trim_start_matches("0x")
         .chars()
         .filter(|c| *c != ':')

@@ -129,6 +129,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             audience,
             ttl,
         }) => admin::jwt_mint(&socket.socket, &spiffe_id, audience, ttl, out).await,
+        Command::Jwt(JwtCmd::Revoke {
+            socket,
+            jti,
+            reason,
+        }) => admin::jwt_revoke(&socket.socket, jti, reason, out).await,
         Command::Jwt(JwtCmd::Fetch {
             socket,
             audience,

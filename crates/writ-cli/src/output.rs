@@ -37,6 +37,8 @@ pub(crate) fn entry_json(e: &Entry) -> Value {
         "expires_at": e.expires_at.map(rfc3339),
         "owner": e.owner,
         "purpose": e.purpose,
+        "break_glass": e.break_glass,
+        "break_glass_reason": e.break_glass_reason,
         "created_at": rfc3339(e.created_at),
         "revision": e.revision,
     })
@@ -86,6 +88,9 @@ pub(crate) fn entry_text(e: &Entry) -> String {
     }
     if !e.purpose.is_empty() {
         s += &format!("Purpose       : {}\n", e.purpose);
+    }
+    if e.break_glass {
+        s += &format!("BREAK-GLASS   : {}\n", e.break_glass_reason);
     }
     s += &format!(
         "Created at    : {}\nRevision      : {}\n",

@@ -147,6 +147,7 @@ pub(crate) async fn svid_fetch(
             &default.key_pem,
             &default.bundle_pem,
             &fed,
+            &r.crl,
         )?;
     }
     match output {
@@ -390,7 +391,14 @@ async fn helper_stream(
     while let Some(r) = st.message().await.map_err(status)? {
         let (svids, fed) = pem_svids(&r)?;
         let Some(s) = svids.first() else { continue };
-        crate::files::write_svid_files(&cfg.out_dir, &s.cert_pem, &s.key_pem, &s.bundle_pem, &fed)?;
+        crate::files::write_svid_files(
+            &cfg.out_dir,
+            &s.cert_pem,
+            &s.key_pem,
+            &s.bundle_pem,
+            &fed,
+            &r.crl,
+        )?;
         eprintln!(
             "writ helper: wrote {} (expires {}) to {}",
             s.spiffe_id,

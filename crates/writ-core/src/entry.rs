@@ -82,6 +82,13 @@ pub struct Entry {
     /// Why the identity exists.
     #[serde(default)]
     pub purpose: String,
+    /// Created under break-glass: passes governance checks, must carry a reason, is capped
+    /// at a short lifetime, and every issuance under it is journalled as break-glass use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// Why break-glass was used (required when `break_glass`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub break_glass_reason: String,
     /// When the entry was created (unix seconds).
     #[serde(default)]
     pub created_at: i64,
@@ -155,6 +162,8 @@ impl Entry {
             expires_at: None,
             owner: String::new(),
             purpose: String::new(),
+            break_glass: false,
+            break_glass_reason: String::new(),
             created_at: 0,
             revision: 0,
         }
@@ -202,6 +211,7 @@ impl Entry {
         check_text("hint", &self.hint, MAX_HINT_LEN)?;
         check_text("owner", &self.owner, MAX_META_LEN)?;
         check_text("purpose", &self.purpose, MAX_META_LEN)?;
+        check_text("break_glass_reason", &self.break_glass_reason, MAX_META_LEN)?;
         if self.x509_svid_ttl > MAX_TTL {
             return Err(EntryError::BadTtl("x509"));
         }
@@ -264,6 +274,8 @@ mod tests {
             expires_at: Some(100),
             owner: "team-a".into(),
             purpose: "serves the web".into(),
+            break_glass: false,
+            break_glass_reason: String::new(),
             created_at: 1,
             revision: 3,
         }

@@ -34,6 +34,8 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         expires_at: e.expires_at.unwrap_or(0),
         owner: e.owner.clone(),
         purpose: e.purpose.clone(),
+        break_glass: e.break_glass,
+        break_glass_reason: e.break_glass_reason.clone(),
         created_at: e.created_at,
         revision: e.revision,
     }
@@ -67,6 +69,8 @@ pub fn entry_from_pb(p: &pb::Entry) -> Result<Entry, Status> {
         expires_at: (p.expires_at != 0).then_some(p.expires_at),
         owner: p.owner.clone(),
         purpose: p.purpose.clone(),
+        break_glass: p.break_glass,
+        break_glass_reason: p.break_glass_reason.clone(),
         created_at: p.created_at,
         revision: p.revision,
     })

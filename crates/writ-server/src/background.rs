@@ -1,5 +1,5 @@
 //! The server's background loops: CA rotation steps (and the bundle they change), the server's
-//! own SVID at half life, and pruning of expired join tokens.
+//! own SVID at half life, pruning of expired join tokens, and re-signing the CRL.
 //!
 //! Invariant: a CA journal is durable before any authority it introduces signs (the persist
 //! hook runs inside the rotation step, under the CA write lock).
@@ -67,6 +67,10 @@ pub(crate) async fn ca_loop(state: Arc<ServerState>) {
         };
         if changed {
             state.metrics.ca_rotations.fetch_add(1, Ordering::Relaxed);
+            // The CRL is signed by the active CA: a new one signs it from now on.
+            if let Err(e) = state.refresh_revocations().await {
+                tracing::error!(error = %e, "could not re-sign the CRL after rotation");
+            }
             if let Err(e) = state.refresh_own_bundle() {
                 tracing::error!(error = %e, "cannot publish bundle");
             }
@@ -111,6 +115,20 @@ pub(crate) async fn token_prune_loop(state: Arc<ServerState>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "expired join tokens removed"),
             Err(e) => tracing::warn!(error = %e, "cannot prune join tokens"),
+        }
+    }
+}
+
+/// Re-signs the CRL at half its lifetime (and drops revocations of expired credentials), so
+/// relying parties never hold a CRL past its `nextUpdate`.
+pub(crate) async fn crl_loop(state: Arc<ServerState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(
+            (crate::revoke::CRL_LIFETIME / 2) as u64,
+        ))
+        .await;
+        if let Err(e) = state.refresh_revocations().await {
+            tracing::error!(error = %e, "could not re-sign the CRL; will retry");
         }
     }
 }

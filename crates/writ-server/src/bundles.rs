@@ -34,6 +34,8 @@ pub struct BundleSet {
     pub own: Bundle,
     /// Federated bundles.
     pub federated: Vec<Bundle>,
+    /// The CRL and the revoked serials and `jti`s (see `revoke`).
+    pub revocations: std::sync::Arc<crate::revoke::Published>,
 }
 
 impl ServerState {

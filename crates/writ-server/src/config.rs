@@ -53,6 +53,8 @@ struct RawConfig {
     max_agent_connections: usize,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    governance: Option<crate::governance::RawGovernance>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +167,8 @@ pub struct ServerConfig {
     pub max_agent_connections: usize,
     /// `[audit] enabled`: keep the audit journal (default true; off only to measure its cost).
     pub audit_enabled: bool,
+    /// `[governance]`: owner, purpose and lifetime rules for entries; break-glass limits.
+    pub governance: crate::governance::Governance,
 }
 
 fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
@@ -296,6 +300,11 @@ impl ServerConfig {
             metrics_listen,
             max_agent_connections: raw.max_agent_connections,
             audit_enabled: raw.audit.enabled,
+            governance: raw
+                .governance
+                .map(|g| g.validate())
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

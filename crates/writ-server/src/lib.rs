@@ -13,12 +13,14 @@
 //!   `x509pop`); `rate_limit`: attestations per source address.
 //! - `audit/`: the audit journal (group-committed writes, the checkpoint key, verify).
 //! - `auth`: who is calling (an agent's current SVID, every mTLS call).
+//! - `governance`: owner, purpose and lifetime rules at entry creation; break-glass limits.
 //! - `registry`: entry writes (store, index, broadcast), node eviction and bans, join tokens.
 //! - `index`: the in-memory entry index and the authorisation rule; `authorise`: the rule
 //!   applied before and after signing.
 //! - `signing`: the signing queue, X509-SVIDs and JWT-SVIDs; `agent_svid`: agent renewal.
 //! - `sync`: the entry sync stream (paged snapshot, then pushed changes); `paging`: page
 //!   limits (count and encoded size).
+//! - `revoke`: revocation of X509-SVIDs and JWT-SVIDs, the CRL, what agents are told.
 //! - `bundles`: the own and federated bundles, published to watchers and the TLS verifier.
 //! - `metrics`: counters and the `/metrics`, `/live`, `/ready` endpoint.
 //! - [`client`]: the admin API client (used by the CLI).
@@ -38,6 +40,7 @@ pub mod bundles;
 pub mod client;
 pub mod config;
 pub(crate) mod conn;
+pub(crate) mod governance;
 pub(crate) mod grpc;
 pub(crate) mod index;
 pub(crate) mod listen;
@@ -47,6 +50,7 @@ pub(crate) mod plugin;
 pub(crate) mod plugins;
 pub(crate) mod rate_limit;
 pub(crate) mod registry;
+pub(crate) mod revoke;
 pub mod run;
 pub(crate) mod signing;
 pub mod state;
@@ -55,6 +59,7 @@ pub(crate) mod sync;
 pub use audit::AuditError;
 pub use bundles::BundleSet;
 pub use config::{ConfigError, ServerConfig};
+pub use governance::{Governance, GovernanceError};
 pub use registry::RegistryError;
 pub use run::{start, RunningServer, ServerError};
 pub use state::ServerState;

@@ -35,6 +35,10 @@ pub(crate) struct Metrics {
     pub entries: AtomicI64,
     /// CA rotations performed.
     pub ca_rotations: AtomicU64,
+    /// Break-glass uses: entries created and SVIDs issued under break-glass.
+    pub break_glass: AtomicU64,
+    /// Credentials revoked.
+    pub revoked: AtomicU64,
     /// Set once both listeners accept connections.
     pub ready: AtomicBool,
 }
@@ -71,7 +75,11 @@ impl Metrics {
              # TYPE writ_entries gauge\n\
              writ_entries {}\n\
              # TYPE writ_ca_rotations_total counter\n\
-             writ_ca_rotations_total {}\n",
+             writ_ca_rotations_total {}\n\
+             # TYPE writ_break_glass_total counter\n\
+             writ_break_glass_total {}\n\
+             # TYPE writ_revocations_total counter\n\
+             writ_revocations_total {}\n",
             c(&self.attest_ok),
             c(&self.attest_failed),
             c(&self.attest_rate_limited),
@@ -82,6 +90,8 @@ impl Metrics {
             g(&self.sync_streams),
             g(&self.entries),
             c(&self.ca_rotations),
+            c(&self.break_glass),
+            c(&self.revoked),
         )
     }
 }

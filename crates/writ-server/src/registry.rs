@@ -32,6 +32,9 @@ pub enum RegistryError {
     /// No such node.
     #[error("node `{0}` not found")]
     NodeNotFound(SpiffeId),
+    /// The entry breaks a `[governance]` rule.
+    #[error(transparent)]
+    Governance(#[from] crate::governance::GovernanceError),
     /// The datastore refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,8 +67,13 @@ impl EntryQuery {
 }
 
 impl ServerState {
-    fn check_entry(&self, e: &Entry) -> Result<(), RegistryError> {
+    fn check_entry(&self, e: &mut Entry) -> Result<(), RegistryError> {
         e.validate(&self.cfg.trust_domain)?;
+        self.cfg.governance.apply(e, writ_core::now_unix())?;
+        if e.break_glass {
+            self.metrics.break_glass.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(spiffe_id = %e.spiffe_id, reason = %e.break_glass_reason, expires_at = ?e.expires_at, "BREAK-GLASS entry");
+        }
         if e.parent_id == e.spiffe_id {
             return Err(RegistryError::OwnParent(e.spiffe_id.clone()));
         }
@@ -93,7 +101,7 @@ impl ServerState {
 
     /// Validates and creates an entry.
     pub async fn create_entry(&self, mut e: Entry) -> Result<Entry, RegistryError> {
-        self.check_entry(&e)?;
+        self.check_entry(&mut e)?;
         e.id = String::new();
         e.created_at = writ_core::now_unix();
         let _g = self.write_lock.lock().await;
@@ -114,7 +122,7 @@ impl ServerState {
         let now = writ_core::now_unix();
         let mut batch = Vec::with_capacity(entries.len());
         for mut e in entries {
-            self.check_entry(&e)?;
+            self.check_entry(&mut e)?;
             e.id = String::new();
             e.created_at = now;
             batch.push(e);
@@ -135,8 +143,8 @@ impl ServerState {
     }
 
     /// Validates and replaces an entry.
-    pub async fn update_entry(&self, e: Entry) -> Result<Entry, RegistryError> {
-        self.check_entry(&e)?;
+    pub async fn update_entry(&self, mut e: Entry) -> Result<Entry, RegistryError> {
+        self.check_entry(&mut e)?;
         let _g = self.write_lock.lock().await;
         let updated = self.store.update_entry(e)?;
         self.publish(Change {

@@ -25,6 +25,7 @@ use crate::index::EntryIndex;
 use crate::listen;
 use crate::metrics::Metrics;
 use crate::plugins;
+use crate::revoke::RevocationList;
 use crate::state::{Event, Parts, ServerState};
 
 /// Why the server could not start.
@@ -59,6 +60,9 @@ pub enum ServerError {
     /// A gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The stored revocation list is unreadable.
+    #[error("revocation list: {0}")]
+    Revocations(String),
     /// The audit journal could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -158,6 +162,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .filter(|b| b.trust_domain != cfg.trust_domain)
         .collect();
     let index = EntryIndex::new(store.list_entries()?, store.revision()?);
+    let revocations = RevocationList::load(store.as_ref())
+        .map_err(|e| ServerError::Revocations(e.to_string()))?;
 
     // The server's own SVID, for the agent-facing TLS listener.
     let (server_chain, server_key, window) = mint_server_svid(&ca, &cfg)?;
@@ -181,7 +187,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         attestors,
         metrics: Arc::new(Metrics::default()),
         audit,
+        revocations,
     });
+    if let Err(e) = state.refresh_revocations().await {
+        tracing::error!(error = %e, "could not sign the CRL; revoked serials are still sent to agents");
+    }
     state.refresh_own_bundle()?;
 
     let (stop, stop_rx) = watch::channel(false);
@@ -198,6 +208,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         tokio::spawn(background::ca_loop(state.clone())),
         tokio::spawn(background::server_svid_loop(state.clone())),
         tokio::spawn(background::token_prune_loop(state.clone())),
+        tokio::spawn(background::crl_loop(state.clone())),
     ];
     if let Some(addr) = cfg.metrics_listen {
         let m = state.metrics.clone();

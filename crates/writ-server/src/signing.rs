@@ -336,13 +336,25 @@ impl SigningQueue {
             .zip(&serials)
             .zip(&entries)
             .filter(|((r, _), _)| !r.cert_chain.is_empty())
-            .map(|((r, serial), e)| {
-                crate::audit::events::x509_issued(
-                    writ_audit::Actor::agent(node.spiffe_id.as_str()),
+            .flat_map(|((r, serial), e)| {
+                let actor = writ_audit::Actor::agent(node.spiffe_id.as_str());
+                let mut recs = vec![crate::audit::events::x509_issued(
+                    actor.clone(),
                     e,
                     serial,
                     r.expires_at,
-                )
+                )];
+                if e.break_glass {
+                    st.metrics.break_glass.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(entry = %e.id, spiffe_id = %e.spiffe_id, serial, "BREAK-GLASS SVID issued");
+                    recs.push(crate::audit::events::break_glass_used(
+                        actor,
+                        e,
+                        Some(serial),
+                        None,
+                    ));
+                }
+                recs
             })
             .collect();
         st.audit.record(issued).await?;

@@ -20,6 +20,7 @@ use crate::bundles::BundleSet;
 use crate::config::ServerConfig;
 use crate::index::EntryIndex;
 use crate::metrics::Metrics;
+use crate::revoke::{RevocationList, Revocations};
 
 /// Something sync streams must react to.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ pub struct ServerState {
     pub(crate) attestors: Attestors,
     /// The audit journal.
     pub(crate) audit: AuditLog,
+    /// Revoked credentials (durable list; published with the bundles).
+    pub(crate) revocations: Revocations,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -95,6 +98,7 @@ pub(crate) struct Parts {
     pub(crate) attestors: Attestors,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) audit: AuditLog,
+    pub(crate) revocations: RevocationList,
 }
 
 /// A poisoned lock still holds consistent data here (every critical section is a plain
@@ -113,6 +117,7 @@ impl ServerState {
         let (bundles, _) = watch::channel(BundleSet {
             own: p.own,
             federated: p.federated,
+            revocations: Arc::default(),
         });
         p.metrics
             .entries
@@ -131,6 +136,7 @@ impl ServerState {
             metrics: p.metrics,
             attestors: p.attestors,
             audit: p.audit,
+            revocations: Revocations::new(p.revocations),
         })
     }
 

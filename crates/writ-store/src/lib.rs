@@ -238,4 +238,9 @@ pub trait Store: Send + Sync {
     fn put_ca_journal(&self, journal: &[u8]) -> Result<(), StoreError>;
     /// The CA journal, if one was stored.
     fn get_ca_journal(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores the revocation list (opaque bytes to the store), durably before returning.
+    fn put_revocations(&self, list: &[u8]) -> Result<(), StoreError>;
+    /// The revocation list, if one was stored.
+    fn get_revocations(&self) -> Result<Option<Vec<u8>>, StoreError>;
 }

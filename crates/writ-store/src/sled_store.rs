@@ -18,6 +18,8 @@ use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, Trus
 use crate::{Change, ChangeKind, EntryFilter, NodeUpdate, Store, StoreError};
 
 const REV_KEY: &[u8] = b"rev";
+/// The revocation list (serials and `jti`s revoked and not yet expired), JSON.
+const REVOCATIONS_KEY: &[u8] = b"revocations";
 const CA_KEY: &[u8] = b"ca";
 
 /// The embedded sled datastore.
@@ -645,5 +647,14 @@ impl Store for SledStore {
 
     fn get_ca_journal(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(CA_KEY)?.map(|v| v.to_vec()))
+    }
+
+    fn put_revocations(&self, list: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(REVOCATIONS_KEY, list)?;
+        self.flush()
+    }
+
+    fn get_revocations(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(REVOCATIONS_KEY)?.map(|v| v.to_vec()))
     }
 }

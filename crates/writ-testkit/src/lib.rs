@@ -14,7 +14,7 @@ mod run;
 mod server;
 
 pub use agent::TestAgent;
-pub use pki::webpki_verify;
+pub use pki::{webpki_verify, webpki_verify_with_crls};
 pub use poll::{eventually, free_port};
 pub use process::{cpu_ticks, my_uid, rss_kib, writ_bin};
 pub use run::{cli, Run};

@@ -59,11 +59,26 @@ pub(super) fn x509_answer(view: &WorkloadView, selectors: &[Selector]) -> X509An
     if svids.is_empty() {
         return X509Answer::Pending;
     }
+    let crl = if c.crl.is_empty() {
+        Vec::new()
+    } else {
+        vec![c.crl.clone()]
+    };
     X509Answer::Ready(wl::X509svidResponse {
         svids,
-        crl: Vec::new(),
+        crl,
         federated_bundles: federated,
     })
+}
+
+/// The CRL of the own trust domain's CA, for the `crl` fields (empty list when none yet).
+pub(super) fn crl(view: &WorkloadView) -> Vec<Vec<u8>> {
+    let c = view.read();
+    if c.crl.is_empty() {
+        Vec::new()
+    } else {
+        vec![c.crl.clone()]
+    }
 }
 
 /// Bundles for a caller: own plus those its entries federate with; `None` without identity.

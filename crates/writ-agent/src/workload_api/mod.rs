@@ -168,7 +168,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             move |st| {
                 bundles_for(st, &selectors, false).map(|bundles| {
                     Some(wl::X509BundlesResponse {
-                        crl: Vec::new(),
+                        crl: answers::crl(st),
                         bundles,
                     })
                 })
@@ -265,6 +265,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             })
         }
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Valid by signature and claims, but revoked by the server until it expires.
+        if let Some(jti) = v.claims.get("jti").and_then(|j| j.as_str()) {
+            if self.view.read().revoked_jwts.contains_key(jti) {
+                return Err(Status::invalid_argument(format!(
+                    "JWT-SVID `{jti}` has been revoked"
+                )));
+            }
+        }
         Ok(Response::new(wl::ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id.to_string(),
             claims: Some(to_struct(&v.claims)),

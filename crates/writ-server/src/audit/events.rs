@@ -129,3 +129,25 @@ pub(crate) fn admin_action(actor: Actor, method: &str) -> NewRecord {
 fn to_value(e: &Entry) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
+
+/// Break-glass used: an entry created under it, or an SVID (`serial`) or JWT-SVID (`jti`)
+/// issued under such an entry. Recorded next to the ordinary record, so a query for
+/// `break_glass.used` lists every use.
+pub(crate) fn break_glass_used(
+    actor: Actor,
+    e: &Entry,
+    serial: Option<&str>,
+    jti: Option<&str>,
+) -> NewRecord {
+    let mut r = NewRecord::new(kinds::BREAK_GLASS_USED, actor)
+        .spiffe_id(&e.spiffe_id)
+        .entry(e.id.clone())
+        .detail("reason", e.break_glass_reason.clone());
+    if let Some(s) = serial {
+        r = r.serial(s);
+    }
+    if let Some(j) = jti {
+        r = r.jti(j);
+    }
+    r
+}

@@ -17,6 +17,7 @@ use writ_proto::v1::admin_server::Admin;
 use super::status;
 use crate::audit::events;
 use crate::registry::EntryQuery;
+use crate::revoke::{RevokeError, Target};
 use crate::state::ServerState;
 use writ_store::AuditQuery;
 
@@ -123,10 +124,11 @@ impl Admin for AdminApi {
     async fn create_entry(&self, req: Request<pb::Entry>) -> Result<Response<pb::Entry>, Status> {
         let e = entry_from_pb(req.get_ref())?;
         let e = self.state.create_entry(e).await?;
-        self.state
-            .audit
-            .note(vec![events::entry_created(operator(&req), &e)])
-            .await;
+        let mut recs = vec![events::entry_created(operator(&req), &e)];
+        if e.break_glass {
+            recs.push(events::break_glass_used(operator(&req), &e, None, None));
+        }
+        self.state.audit.note(recs).await;
         Ok(Response::new(entry_to_pb(&e)))
     }
 
@@ -153,7 +155,13 @@ impl Admin for AdminApi {
             .note(
                 created
                     .iter()
-                    .map(|e| events::entry_created(actor.clone(), e))
+                    .flat_map(|e| {
+                        let mut r = vec![events::entry_created(actor.clone(), e)];
+                        if e.break_glass {
+                            r.push(events::break_glass_used(actor.clone(), e, None, None));
+                        }
+                        r
+                    })
                     .collect(),
             )
             .await;
@@ -222,12 +230,34 @@ impl Admin for AdminApi {
             .filter_map(|id| self.state.get_entry(id).ok())
             .collect();
         let deleted = self.state.delete_entries(ids).await?;
-        let gone = before
+        let gone: Vec<_> = before
             .iter()
             .filter(|e| self.state.get_entry(&e.id).is_err())
-            .map(|e| events::entry_deleted(operator(&req), e))
             .collect();
-        self.state.audit.note(gone).await;
+        self.state
+            .audit
+            .note(
+                gone.iter()
+                    .map(|e| events::entry_deleted(operator(&req), e))
+                    .collect(),
+            )
+            .await;
+        // A deleted entry's outstanding SVIDs stop working now, not at their expiry.
+        if self.state.cfg.audit_enabled {
+            for e in gone {
+                let t = crate::revoke::Target::Entry(e.id.clone());
+                match self
+                    .state
+                    .revoke_x509(t, "cessation_of_operation (entry deleted)", operator(&req))
+                    .await
+                {
+                    Ok(_) | Err(crate::revoke::RevokeError::NothingOutstanding(_)) => {}
+                    Err(err) => {
+                        tracing::error!(entry = %e.id, error = %err, "could not revoke the deleted entry's SVIDs")
+                    }
+                }
+            }
+        }
         Ok(Response::new(pb::DeleteEntriesResponse { deleted }))
     }
 
@@ -473,5 +503,71 @@ impl Admin for AdminApi {
                 ..Default::default()
             },
         }))
+    }
+
+    async fn revoke_x509(
+        &self,
+        req: Request<pb::RevokeX509Request>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let r = req.get_ref();
+        let target = match (
+            r.serial.is_empty(),
+            r.spiffe_id.is_empty(),
+            r.entry_id.is_empty(),
+        ) {
+            (false, true, true) => Target::Serial(r.serial.clone()),
+            (true, false, true) => {
+                let id = parse_id("spiffe_id", &r.spiffe_id)?;
+                Target::SpiffeId(id.to_string())
+            }
+            (true, true, false) => Target::Entry(r.entry_id.clone()),
+            _ => return Err(RevokeError::BadTarget.into()),
+        };
+        let revoked = self
+            .state
+            .revoke_x509(target, &r.reason, operator(&req))
+            .await?;
+        Ok(Response::new(pb::RevokeResponse {
+            revoked: revoked.iter().map(|(id, r)| revoked_pb(id, r)).collect(),
+        }))
+    }
+
+    async fn revoke_jwt(
+        &self,
+        req: Request<pb::RevokeJwtRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let r = req.get_ref();
+        if r.jti.is_empty() || r.jti.len() > 256 {
+            return Err(Status::invalid_argument("jti must be 1 to 256 bytes"));
+        }
+        let (id, rev) = self
+            .state
+            .revoke_jwt(&r.jti, &r.reason, operator(&req))
+            .await?;
+        Ok(Response::new(pb::RevokeResponse {
+            revoked: vec![revoked_pb(&id, &rev)],
+        }))
+    }
+
+    async fn get_crl(
+        &self,
+        _req: Request<pb::GetCrlRequest>,
+    ) -> Result<Response<pb::GetCrlResponse>, Status> {
+        let (list, published) = self.state.revocation_snapshot().await;
+        Ok(Response::new(pb::GetCrlResponse {
+            crl: published.crl.clone(),
+            revoked_x509: list.x509.iter().map(|(id, r)| revoked_pb(id, r)).collect(),
+            revoked_jwt: list.jwt.iter().map(|(id, r)| revoked_pb(id, r)).collect(),
+        }))
+    }
+}
+
+fn revoked_pb(id: &str, r: &crate::revoke::Revoked) -> pb::RevokedCredential {
+    pb::RevokedCredential {
+        id: id.to_owned(),
+        spiffe_id: r.spiffe_id.clone(),
+        expires_at: r.expires_at,
+        revoked_at: r.revoked_at,
+        reason: r.reason.clone(),
     }
 }

@@ -58,6 +58,17 @@ fn bundles_pb(b: &BundleSet) -> Result<pb::WatchBundlesResponse, Status> {
             .iter()
             .map(bundle_to_pb)
             .collect::<Result<_, _>>()?,
+        crl: b.revocations.crl.clone(),
+        revoked_serials: b.revocations.serials.clone(),
+        revoked_jwts: b
+            .revocations
+            .jwts
+            .iter()
+            .map(|(jti, exp)| pb::RevokedJwt {
+                jti: jti.clone(),
+                expires_at: *exp,
+            })
+            .collect(),
     })
 }
 
@@ -168,9 +179,23 @@ impl Node for NodeApi {
             &r.audience,
             jwt.exp,
         );
+        let mut recs = vec![rec];
+        if entry.break_glass {
+            self.state
+                .metrics
+                .break_glass
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, jti = %jwt.jti, "BREAK-GLASS JWT-SVID issued");
+            recs.push(crate::audit::events::break_glass_used(
+                writ_audit::Actor::agent(node.spiffe_id.as_str()),
+                &entry,
+                None,
+                Some(&jwt.jti),
+            ));
+        }
         self.state
             .audit
-            .record(vec![rec])
+            .record(recs)
             .await
             .map_err(crate::signing::SignError::from)?;
         Ok(Response::new(pb::MintJwtResponse {

@@ -15,6 +15,7 @@ use crate::attest::AttestError;
 use crate::auth::AuthError;
 use crate::bundles::BundleError;
 use crate::registry::RegistryError;
+use crate::revoke::RevokeError;
 use crate::signing::{is_bad_request, SignError};
 use crate::state::StreamEnd;
 
@@ -53,9 +54,9 @@ fn ca(e: CaError) -> Status {
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Invalid(_) | RegistryError::OwnParent(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            RegistryError::Invalid(_)
+            | RegistryError::OwnParent(_)
+            | RegistryError::Governance(_) => Status::invalid_argument(e.to_string()),
             RegistryError::EntryNotFound(_) | RegistryError::NodeNotFound(_) => {
                 Status::not_found(e.to_string())
             }
@@ -145,6 +146,22 @@ impl From<FlowError> for Status {
             F::Gone => Status::cancelled(e.to_string()),
             F::Sign(s) => s.into(),
             F::Store(s) => store(s),
+        }
+    }
+}
+
+impl From<RevokeError> for Status {
+    fn from(e: RevokeError) -> Self {
+        use RevokeError as R;
+        match e {
+            R::BadReason | R::BadTarget | R::TooMany(_) => Status::invalid_argument(e.to_string()),
+            R::NoJournal => Status::failed_precondition(e.to_string()),
+            R::Unknown { .. } | R::NothingOutstanding(_) => Status::not_found(e.to_string()),
+            R::Expired { .. } => Status::failed_precondition(e.to_string()),
+            R::AlreadyRevoked { .. } => Status::already_exists(e.to_string()),
+            R::Store(s) => store(s),
+            R::Audit(_) => Status::unavailable(e.to_string()),
+            R::Ca(_) | R::Corrupt(_) => internal("revocation", &e),
         }
     }
 }

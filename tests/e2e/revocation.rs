@@ -1,0 +1,265 @@
+//! Revocation through the real processes: `writ x509 revoke` makes the agent drop the SVID and
+//! serve a new one, the CRL it serves lists the serial and is accepted and applied by
+//! independent verifiers (`openssl crl -verify`, `openssl verify -crl_check`, rustls-webpki
+//! with the CRL); `writ jwt revoke` makes `ValidateJWTSVID` refuse the token; deleting an entry
+//! revokes its outstanding SVIDs; bad input changes nothing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+use writ_testkit::*;
+
+fn web_entry(s: &TestServer) -> String {
+    let uid = format!("unix:uid:{}", my_uid());
+    s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/node/a",
+        "--selector",
+        &uid,
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn served(a: &TestAgent) -> Option<Value> {
+    let r = a.cli(&["svid", "fetch", "--output", "json"]);
+    (r.code == 0).then(|| r.json()["svids"][0].clone())
+}
+
+fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn pem_ders(text: &str) -> Vec<Vec<u8>> {
+    writ_core::pem::decode_all(text)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
+}
+
+#[test]
+fn a_revoked_svid_is_dropped_and_refused_by_independent_verifiers() {
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    let entry = web_entry(&s);
+    let old = eventually("the workload is served", Duration::from_secs(30), || {
+        served(&a)
+    });
+    let old_serial = old["serial"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("old.pem"),
+        old["cert_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+
+    // Bad input first: nothing changes.
+    let r = s.cli(&["x509", "revoke", "--serial", &old_serial, "--reason", " "]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("reason"), "{}", r.stderr);
+    let r = s.cli(&["x509", "revoke", "--serial", "0badc0de", "--reason", "test"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("no X509-SVID serial `0badc0de` was issued"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(served(&a).unwrap()["serial"], old_serial.as_str());
+
+    let r = s.cli_json(&[
+        "x509",
+        "revoke",
+        "--serial",
+        &old_serial,
+        "--reason",
+        "key_compromise",
+    ]);
+    assert_eq!(r["revoked"][0]["id"], old_serial.as_str(), "{r}");
+    assert_eq!(r["revoked"][0]["spiffe_id"], "spiffe://example.org/web");
+    let again = s.cli(&["x509", "revoke", "--serial", &old_serial, "--reason", "x"]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already revoked"), "{}", again.stderr);
+
+    // The agent drops it and serves a new SVID, with a CRL listing the old serial.
+    let new = eventually(
+        "a new SVID replaces the revoked one",
+        Duration::from_secs(30),
+        || served(&a).filter(|s| s["serial"] != old_serial.as_str()),
+    );
+    eventually("the CRL is written", Duration::from_secs(30), || {
+        a.cli(&["svid", "fetch", "--out-dir", dir.path().to_str().unwrap()])
+            .ok();
+        dir.path().join("crl.pem").exists().then_some(())
+    });
+    let crl_pem = std::fs::read_to_string(dir.path().join("crl.pem")).unwrap();
+    // openssl: the CRL is signed by the CA in the bundle and lists the serial.
+    let (ok, text) = openssl(
+        &[
+            "crl",
+            "-in",
+            "crl.pem",
+            "-CAfile",
+            "bundle.pem",
+            "-noout",
+            "-text",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{text}");
+    assert!(text.to_lowercase().contains("verify ok"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains(&old_serial),
+        "serial {old_serial} not in: {text}"
+    );
+    assert!(text.contains("Key Compromise"), "{text}");
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "bundle.pem",
+            "-CRLfile",
+            "crl.pem",
+            "old.pem",
+        ],
+        dir.path(),
+    );
+    assert!(
+        !ok && text.contains("revoked"),
+        "revoked SVID accepted: {text}"
+    );
+    let (ok, text) = openssl(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "bundle.pem",
+            "-CRLfile",
+            "crl.pem",
+            "svid.pem",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "new SVID refused: {text}");
+
+    // rustls-webpki with the CRL: the revoked SVID is refused, the new one accepted.
+    let roots = pem_ders(&std::fs::read_to_string(dir.path().join("bundle.pem")).unwrap());
+    let crls = pem_ders(&crl_pem);
+    let old_chain = pem_ders(old["cert_pem"].as_str().unwrap());
+    let new_chain = pem_ders(new["cert_pem"].as_str().unwrap());
+    let e = webpki_verify_with_crls(&old_chain, &roots, &crls).unwrap_err();
+    assert!(e.contains("Revoked"), "{e}");
+    webpki_verify_with_crls(&new_chain, &roots, &crls).unwrap();
+    webpki_verify(&old_chain, &roots).expect("without the CRL the chain itself is fine");
+
+    // The operator's view and the journal.
+    let b = s.cli_json(&["bundle", "show", "--crl"]);
+    assert!(b["crl_pem"].as_str().unwrap().contains("BEGIN X509 CRL"));
+    assert_eq!(b["revoked_x509"][0]["id"], old_serial.as_str());
+    let t = s.cli_json(&["audit", "trace", &old_serial]);
+    let kinds: Vec<&str> = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["entry.created", "x509.issued", "svid.revoked"],
+        "{t}"
+    );
+
+    // Deleting the entry revokes what it still has outstanding.
+    let new_serial = new["serial"].as_str().unwrap().to_owned();
+    s.cli(&["entry", "delete", &entry]).ok();
+    let b = s.cli_json(&["bundle", "show", "--crl"]);
+    let ids: Vec<&str> = b["revoked_x509"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&new_serial.as_str()), "{b}");
+    eventually(
+        "the workload loses its identity",
+        Duration::from_secs(30),
+        || served(&a).is_none().then_some(()),
+    );
+}
+
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_revoked_jwt_is_refused_by_validate_until_it_expires() {
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    web_entry(&s);
+    eventually("the workload is served", Duration::from_secs(30), || {
+        served(&a)
+    });
+    let fetch = || {
+        let r = a
+            .cli(&["jwt", "fetch", "--audience", "db", "--output", "json"])
+            .ok();
+        r.json()["svids"][0]["token"].as_str().unwrap().to_owned()
+    };
+    let token = fetch();
+    let jti = jti_of(&token);
+    a.cli(&["jwt", "validate", "--audience", "db", &token]).ok();
+
+    let r = s.cli(&["jwt", "revoke", "--jti", "nope", "--reason", "leaked"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no JWT-SVID jti `nope`"), "{}", r.stderr);
+    let r = s.cli_json(&[
+        "jwt",
+        "revoke",
+        "--jti",
+        &jti,
+        "--reason",
+        "leaked in a log",
+    ]);
+    assert_eq!(r["revoked"][0]["id"], jti.as_str(), "{r}");
+
+    let refused = eventually(
+        "validate refuses the token",
+        Duration::from_secs(30),
+        || {
+            let r = a.cli(&["jwt", "validate", "--audience", "db", &token]);
+            (r.code != 0).then_some(r)
+        },
+    );
+    assert!(refused.stderr.contains("revoked"), "{}", refused.stderr);
+    // The agent does not hand the revoked token out again.
+    let next = fetch();
+    assert_ne!(jti_of(&next), jti);
+    a.cli(&["jwt", "validate", "--audience", "db", &next]).ok();
+}
