@@ -133,6 +133,37 @@ fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
         assert!(v["records"].as_u64().unwrap() >= 6, "{v}");
     };
     check(&s);
+    // The CA's first authorities are journalled, and an entry's expiry is, once.
+    let auth = records(&s, &["--kind", "authority.activated"]);
+    let kinds: Vec<&str> = auth
+        .iter()
+        .map(|r| r["details"]["authority"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["x509", "jwt"], "{auth:?}");
+    let soon = time::OffsetDateTime::from_unix_timestamp(writ_core::now_unix() + 2)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let short = s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/short",
+        "--parent-id",
+        "spiffe://example.org/node/a",
+        "--selector",
+        "unix:uid:1",
+        "--expires-at",
+        &soon,
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expired = eventually("the expiry is journalled", Duration::from_secs(30), || {
+        let r = records(&s, &["--entry", &short, "--kind", "entry.expired"]);
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(expired.len(), 1, "{expired:?}");
     // Nodes are journalled too.
     let nodes = records(&s, &["--kind", "node.attested"]);
     assert_eq!(nodes.len(), 1, "{nodes:?}");
@@ -141,6 +172,13 @@ fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
     s.kill9();
     s.spawn();
     check(&s);
+    std::thread::sleep(Duration::from_secs(6));
+    let again = records(&s, &["--entry", &short, "--kind", "entry.expired"]);
+    assert_eq!(
+        again.len(),
+        1,
+        "journalled again after a restart: {again:?}"
+    );
     // Export is JSON lines, one record each, in order.
     let export = s.cli(&["audit", "export"]).ok().stdout;
     let seqs: Vec<u64> = export
@@ -184,9 +222,9 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
             "unix:uid:1",
         ]);
     }
-    // Record 1 names the audit key; 2..=7 are the entries.
+    // Record 1 names the audit key, 2 and 3 the CA's first authorities; 4..=9 are the entries.
     let v = s.cli(&["audit", "verify", "--output", "json"]).ok().json();
-    assert_eq!(v["records"], 7, "{v}");
+    assert_eq!(v["records"], 9, "{v}");
     assert_eq!(s.terminate(), Some(0));
     let store = s.dir.path().join("data/datastore");
     let clean = s.dir.path().join("datastore.clean");
@@ -225,10 +263,10 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
         (
             "drop the tail",
             |t| {
-                t.remove(7u64.to_be_bytes()).unwrap();
-                t.remove(6u64.to_be_bytes()).unwrap();
+                t.remove(9u64.to_be_bytes()).unwrap();
+                t.remove(8u64.to_be_bytes()).unwrap();
             },
-            "the journal ends at record 5 but a signed checkpoint covers up to record 7",
+            "the journal ends at record 7 but a signed checkpoint covers up to record 9",
         ),
     ];
     for (what, tamper, expected) in cases {

@@ -52,19 +52,25 @@ pub(crate) async fn ca_loop(state: Arc<ServerState>) {
         let next = state.ca.read().unwrap_or_else(unpoison).next_event();
         let wait = (next - writ_core::now_unix()).clamp(1, 30);
         tokio::time::sleep(Duration::from_secs(wait as u64)).await;
-        let changed = {
+        let (changed, records) = {
             let mut ca = state.ca.write().unwrap_or_else(unpoison);
+            let before = ca.journal().clone();
             let store = state.store.clone();
             match ca.tick(writ_core::now_unix(), &mut |j| {
                 persist_journal(store.as_ref(), j)
             }) {
-                Ok(changed) => changed,
+                Ok(true) => (
+                    true,
+                    crate::audit::events::authority_changes(&before, ca.journal()),
+                ),
+                Ok(false) => (false, Vec::new()),
                 Err(e) => {
                     tracing::error!(error = %e, "CA rotation step failed; will retry");
-                    false
+                    (false, Vec::new())
                 }
             }
         };
+        state.audit.note(records).await;
         if changed {
             state.metrics.ca_rotations.fetch_add(1, Ordering::Relaxed);
             // The CRL is signed by the active CA: a new one signs it from now on.
@@ -132,3 +138,53 @@ pub(crate) async fn crl_loop(state: Arc<ServerState>) {
         }
     }
 }
+
+/// Journals each entry's expiry once (`entry.expired`): expired entries stop being served by
+/// the index's rule; this records when. Entries already journalled (before a restart too) are
+/// not recorded again.
+pub(crate) async fn expiry_loop(state: Arc<ServerState>) {
+    let mut done: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let expired = state
+            .index
+            .read()
+            .unwrap_or_else(unpoison)
+            .expired(writ_core::now_unix());
+        let mut records = Vec::new();
+        for e in expired {
+            if done.contains(&e.id) {
+                continue;
+            }
+            let kind = writ_audit::kinds::ENTRY_EXPIRED;
+            let seen = state
+                .audit
+                .scan(writ_store::AuditQuery::Entry(&e.id), 0, 1, &|r| {
+                    r.kind == kind
+                })
+                .map(|r| !r.is_empty())
+                .unwrap_or(false);
+            if !seen {
+                records.push(
+                    writ_audit::NewRecord::new(kind, writ_audit::Actor::server())
+                        .spiffe_id(&e.spiffe_id)
+                        .entry(e.id.clone())
+                        .detail("expires_at", e.expires_at.unwrap_or_default()),
+                );
+            }
+            done.insert(e.id.clone());
+        }
+        if !records.is_empty() {
+            tracing::info!(count = records.len(), "entries expired");
+            state.audit.note(records).await;
+        }
+        // Forget deleted entries so the set does not grow without bound.
+        {
+            let idx = state.index.read().unwrap_or_else(unpoison);
+            done.retain(|id| idx.contains(id));
+        }
+        tokio::time::sleep(Duration::from_secs(EXPIRY_CHECK_SECS)).await;
+    }
+}
+
+/// How often expired entries are looked for.
+const EXPIRY_CHECK_SECS: u64 = 5;

@@ -55,6 +55,20 @@ impl EntryIndex {
         self.revision
     }
 
+    /// Entries whose `expires_at` has passed (still stored, no longer served).
+    pub(crate) fn expired(&self, now: i64) -> Vec<Arc<Entry>> {
+        self.by_id
+            .values()
+            .filter(|e| e.expires_at.is_some_and(|t| t <= now))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether an entry with this ID is indexed.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()

@@ -135,6 +135,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         Some(b) => Some(serde_json::from_slice(&b).map_err(ServerError::Journal)?),
         None => None,
     };
+    let journal_before = journal.clone().unwrap_or_default();
     let now = writ_core::now_unix();
     // A journal the step changed (first start, or an expired active CA replaced) is durable
     // before the new authority signs anything, starting with the server's own SVID below.
@@ -152,6 +153,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         now,
         &mut |j| persist_journal(store.as_ref(), j),
     )?;
+
+    // First start, or a server down past an expiry: the authorities made or activated now.
+    audit
+        .note(crate::audit::events::authority_changes(
+            &journal_before,
+            ca.journal(),
+        ))
+        .await;
 
     let own = store
         .get_bundle(&cfg.trust_domain)?
@@ -209,6 +218,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         tokio::spawn(background::server_svid_loop(state.clone())),
         tokio::spawn(background::token_prune_loop(state.clone())),
         tokio::spawn(background::crl_loop(state.clone())),
+        tokio::spawn(background::expiry_loop(state.clone())),
     ];
     if let Some(addr) = cfg.metrics_listen {
         let m = state.metrics.clone();

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 use writ_audit::{kinds, Actor, NewRecord};
+use writ_ca::{CaJournal, SlotState};
 use writ_core::{AttestedNode, Entry};
 
 /// An X509-SVID issued under `entry` (serial lowercase hex, `not_after` unix seconds).
@@ -150,4 +151,50 @@ pub(crate) fn break_glass_used(
         r = r.jti(j);
     }
     r
+}
+
+/// The authority changes between two CA journals: each X.509 CA or JWT key that appeared as
+/// prepared (or active, on a first start) or became active.
+pub(crate) fn authority_changes(old: &CaJournal, new: &CaJournal) -> Vec<NewRecord> {
+    let mut out = Vec::new();
+    let mut note = |what: &str,
+                    key_id: &str,
+                    was: Option<SlotState>,
+                    now: SlotState,
+                    extra: (&str, String)| {
+        let kind = match (was, now) {
+            (None, SlotState::Prepared) => kinds::AUTHORITY_PREPARED,
+            (Some(SlotState::Prepared) | None, SlotState::Active) => kinds::AUTHORITY_ACTIVATED,
+            _ => return,
+        };
+        out.push(
+            NewRecord::new(kind, Actor::server())
+                .detail("authority", what)
+                .detail("key_id", key_id)
+                .detail(extra.0, extra.1),
+        );
+    };
+    for s in &new.x509 {
+        let was = old
+            .x509
+            .iter()
+            .find(|o| o.key_id == s.key_id)
+            .map(|o| o.state);
+        note(
+            "x509",
+            &s.key_id,
+            was,
+            s.state,
+            ("not_after", s.not_after.to_string()),
+        );
+    }
+    for s in &new.jwt {
+        let was = old
+            .jwt
+            .iter()
+            .find(|o| o.key_id == s.key_id)
+            .map(|o| o.state);
+        note("jwt", &s.key_id, was, s.state, ("kid", s.kid.clone()));
+    }
+    out
 }
