@@ -70,7 +70,8 @@ fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
     let r = a
         .cli(&["jwt", "fetch", "--audience", "db", "--output", "json"])
         .ok();
-    let agent_jti = jti_of(r.json()["svids"][0]["token"].as_str().unwrap());
+    let agent_jwt = r.json()["svids"][0]["token"].as_str().unwrap().to_owned();
+    let agent_jti = jti_of(&agent_jwt);
     // Operator minting.
     let minted = s.cli_json(&["x509", "mint", "--spiffe-id", "spiffe://example.org/batch"]);
     let op_serial = serial_of_pem(minted["cert_pem"].as_str().unwrap());
@@ -85,14 +86,18 @@ fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
     let op_jti = jti_of(minted["token"].as_str().unwrap());
 
     let check = |s: &TestServer| {
-        let r = records(s, &["--serial", &agent_serial]);
-        assert_eq!(r.len(), 1, "one record for the agent-issued serial: {r:?}");
+        let r = records(s, &["--serial", &agent_serial, "--kind", "x509.issued"]);
+        assert_eq!(
+            r.len(),
+            1,
+            "one issue record for the agent-issued serial: {r:?}"
+        );
         assert_eq!(r[0]["kind"], "x509.issued");
         assert_eq!(r[0]["spiffe_id"], "spiffe://example.org/web");
         assert_eq!(r[0]["entry_id"], entry.as_str());
         assert_eq!(r[0]["actor"]["type"], "agent");
 
-        let r = records(s, &["--jti", &agent_jti]);
+        let r = records(s, &["--jti", &agent_jti, "--kind", "jwt.issued"]);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0]["kind"], "jwt.issued");
         assert_eq!(r[0]["details"]["audience"], serde_json::json!(["db"]));
@@ -124,6 +129,7 @@ fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
             .unwrap()
             .iter()
             .map(|r| r["kind"].as_str().unwrap())
+            .filter(|k| *k != "svid.delivered")
             .collect();
         assert_eq!(kinds, ["entry.created", "x509.issued"], "{t}");
         assert_eq!(t[0]["details"]["entry"]["owner"], "team-web");
@@ -164,6 +170,44 @@ fn every_issuance_path_is_journalled_once_and_survives_kill_9() {
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(expired.len(), 1, "{expired:?}");
+    // Delivery records: every process that received the agent's SVID is named once per
+    // serial; the one JWT fetch and the one validation are recorded once each.
+    a.cli(&["jwt", "validate", "--audience", "db", &agent_jwt])
+        .ok();
+    eventually(
+        "deliveries reach the journal",
+        Duration::from_secs(30),
+        || {
+            let v = records(&s, &["--jti", &agent_jti, "--kind", "jwt.validated"]);
+            (!v.is_empty()).then_some(())
+        },
+    );
+    let got = records(&s, &["--serial", &agent_serial, "--kind", "svid.delivered"]);
+    assert!(!got.is_empty(), "no delivery record for {agent_serial}");
+    let mut pids: Vec<i64> = got
+        .iter()
+        .map(|r| r["actor"]["pid"].as_i64().unwrap())
+        .collect();
+    let n = pids.len();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        n,
+        "a process recorded twice for one serial: {got:?}"
+    );
+    for r in &got {
+        assert_eq!(r["actor"]["type"], "workload");
+        assert_eq!(r["actor"]["uid"], my_uid());
+        assert!(r["actor"]["exe"].as_str().unwrap().ends_with("writ"), "{r}");
+        assert_eq!(r["spiffe_id"], "spiffe://example.org/web");
+        assert_eq!(r["entry_id"], entry.as_str());
+    }
+    let jd = records(&s, &["--jti", &agent_jti, "--kind", "svid.delivered"]);
+    assert_eq!(jd.len(), 1, "{jd:?}");
+    let jv = records(&s, &["--jti", &agent_jti, "--kind", "jwt.validated"]);
+    assert_eq!(jv.len(), 1, "{jv:?}");
+    assert_eq!(jv[0]["details"]["audience"], serde_json::json!(["db"]));
     // Nodes are journalled too.
     let nodes = records(&s, &["--kind", "node.attested"]);
     assert_eq!(nodes.len(), 1, "{nodes:?}");
@@ -292,5 +336,57 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
     std::fs::remove_dir_all(&store).unwrap();
     copy_dir(&clean, &store);
     s.spawn();
+    s.cli(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn delivery_records_survive_a_server_outage_and_kill_9_of_the_agent() {
+    let mut s = TestServer::start(ServerOpts::default());
+    let mut a = TestAgent::start(&s, "a");
+    let uid = format!("unix:uid:{}", my_uid());
+    s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/node/a",
+        "--selector",
+        &uid,
+    ]);
+    let serial = eventually("the workload is served", Duration::from_secs(30), || {
+        let r = a.cli(&["svid", "fetch", "--output", "json"]);
+        (r.code == 0).then(|| r.json()["svids"][0]["serial"].as_str().unwrap().to_owned())
+    });
+    eventually(
+        "the first deliveries are journalled",
+        Duration::from_secs(30),
+        || (a.health()?.deliveries_pending == 0).then_some(()),
+    );
+    let before = records(&s, &["--serial", &serial, "--kind", "svid.delivered"]).len();
+
+    // Server down: the agent keeps serving from its cache and keeps the records on disk.
+    s.kill9();
+    for _ in 0..3 {
+        a.cli(&["svid", "fetch"]).ok();
+    }
+    eventually(
+        "three records wait on the agent",
+        Duration::from_secs(30),
+        || (a.health()?.deliveries_pending == 3).then_some(()),
+    );
+    // The agent dies too; its records are in data_dir.
+    a.kill9();
+    s.spawn();
+    a.spawn();
+    let after = eventually(
+        "the waiting records arrive",
+        Duration::from_secs(60),
+        || {
+            let n = records(&s, &["--serial", &serial, "--kind", "svid.delivered"]).len();
+            (n >= before + 3).then_some(n)
+        },
+    );
+    assert_eq!(after, before + 3, "records lost or duplicated");
     s.cli(&["audit", "verify"]).ok();
 }

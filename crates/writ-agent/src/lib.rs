@@ -2,7 +2,7 @@
 //!
 //! Data flow, one file a step:
 //! - [`config`]: the agent's TOML config; each plugin reads its own table.
-//! - `node_attest/`: node attestation plugins, agent side (`join_token`, `x509pop`).
+//! - `node_attest/`: node attestation plugins, agent side (`join_token`, `x509pop`, `sshpop`).
 //! - `node_client`: the TLS channel to the server (server authenticated by SPIFFE ID) and the
 //!   attestation exchange.
 //! - `state`: what the agent knows (identity, trust bundle, the workload view).
@@ -15,6 +15,8 @@
 //!   connection.
 //! - `workload_attest/`: workload attestation plugins (`unix`, from `SO_PEERCRED` and `/proc`).
 //! - `workload_api/`: the SPIFFE Workload API.
+//! - `deliveries`: which process received or validated which SVID, logged durably and
+//!   reported to the server's audit journal.
 //! - [`workload_client`]: a client for it (used by `writ svid`, `writ jwt`, `writ helper`).
 //! - `persist`: the agent identity and bundle on disk.
 //! - [`run`]: start-up and shutdown.
@@ -26,6 +28,7 @@
 pub mod cache;
 pub mod config;
 pub(crate) mod conn;
+pub(crate) mod deliveries;
 pub(crate) mod jwt;
 pub(crate) mod jwt_cache;
 pub mod node_attest;

@@ -62,6 +62,8 @@ impl AgentAdmin for Admin {
             svids: c.svids.len() as u64,
             agent_svid_expires_at: expires,
             revision: c.revision,
+            deliveries_pending: self.state.view.deliveries.pending() as u64,
+            deliveries_dropped: self.state.view.deliveries.dropped(),
         }))
     }
 }
@@ -97,7 +99,10 @@ pub async fn start(
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let mut tasks = vec![tokio::spawn(state.clone().run())];
+    let mut tasks = vec![
+        tokio::spawn(state.clone().run()),
+        tokio::spawn(state.view.deliveries.clone().run_writer()),
+    ];
     let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.view.clone()))
         .max_decoding_message_size(64 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);

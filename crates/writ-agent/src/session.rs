@@ -165,6 +165,10 @@ impl AgentState {
         tracing::info!(server = %self.cfg.server_address, resume_after = after, "connected to server");
 
         let signer = tokio::spawn(self.clone().signer(client.clone()));
+        let reporter = {
+            let (d, c) = (self.view.deliveries.clone(), client.clone());
+            tokio::spawn(async move { d.report(c).await })
+        };
         let renew_at = {
             let id = self.identity.read().unwrap_or_else(|p| p.into_inner());
             id.as_ref()
@@ -194,6 +198,7 @@ impl AgentState {
             }
         };
         signer.abort();
+        reporter.abort();
         end
     }
 

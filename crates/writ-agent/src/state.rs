@@ -92,7 +92,10 @@ impl AgentState {
         }
         Ok(Arc::new(AgentState {
             trust: SharedBundle::new(vec![bundle.clone()]),
-            view: Arc::new(WorkloadView::new(Cache::new(bundle))),
+            view: Arc::new(WorkloadView::new(
+                Cache::new(bundle),
+                crate::deliveries::Deliveries::open(Some(cfg.data_dir.join("deliveries.jsonl"))),
+            )),
             identity: RwLock::new(identity),
             node_attestor,
             resolver: RwLock::new(resolver),

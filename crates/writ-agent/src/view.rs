@@ -24,15 +24,18 @@ pub struct WorkloadView {
     connected: AtomicBool,
     /// Mints JWT-SVIDs for workloads (cache, rate limits, the server connection).
     pub(crate) jwt: JwtMinter,
+    /// What workloads received and validated, on its way to the server's audit journal.
+    pub(crate) deliveries: std::sync::Arc<crate::deliveries::Deliveries>,
 }
 
 impl WorkloadView {
-    pub(crate) fn new(cache: Cache) -> Self {
+    pub(crate) fn new(cache: Cache, deliveries: crate::deliveries::Deliveries) -> Self {
         WorkloadView {
             cache: RwLock::new(cache),
             changes: watch::channel(0).0,
             connected: AtomicBool::new(false),
             jwt: JwtMinter::default(),
+            deliveries: std::sync::Arc::new(deliveries),
         }
     }
 

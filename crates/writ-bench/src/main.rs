@@ -14,6 +14,7 @@
     unreachable_pub
 )]
 
+mod governance;
 mod procs;
 mod sections;
 
@@ -35,6 +36,7 @@ pub struct Sizes {
     pub agent_svids: usize,
     pub storm: usize,
     pub storm_ttl: u64,
+    pub audit_records: usize,
 }
 
 impl Sizes {
@@ -53,6 +55,7 @@ impl Sizes {
             agent_svids: 10_000,
             storm: 10_000,
             storm_ttl: 60,
+            audit_records: 1_000_000,
         }
     }
 
@@ -71,6 +74,7 @@ impl Sizes {
             agent_svids: 50,
             storm: 50,
             storm_ttl: 8,
+            audit_records: 2000,
         }
     }
 }
@@ -197,6 +201,10 @@ fn main() {
         if want("storm") {
             eprintln!("== storm");
             rows.extend(procs::storm(&sizes).await);
+        }
+        if want("governance") {
+            eprintln!("== governance");
+            rows.extend(governance::governance(&sizes).await);
         }
     });
     let t = table(&rows);

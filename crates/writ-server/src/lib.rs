@@ -20,6 +20,7 @@
 //! - `signing`: the signing queue, X509-SVIDs and JWT-SVIDs; `agent_svid`: agent renewal.
 //! - `sync`: the entry sync stream (paged snapshot, then pushed changes); `paging`: page
 //!   limits (count and encoded size).
+//! - `deliveries`: delivery and validation records reported by agents, checked and journalled.
 //! - `revoke`: revocation of X509-SVIDs and JWT-SVIDs, the CRL, what agents are told.
 //! - `bundles`: the own and federated bundles, published to watchers and the TLS verifier.
 //! - `metrics`: counters and the `/metrics`, `/live`, `/ready` endpoint.
@@ -40,6 +41,7 @@ pub mod bundles;
 pub mod client;
 pub mod config;
 pub(crate) mod conn;
+pub(crate) mod deliveries;
 pub(crate) mod governance;
 pub(crate) mod grpc;
 pub(crate) mod index;

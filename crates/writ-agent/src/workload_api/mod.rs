@@ -14,7 +14,9 @@ use writ_core::{Entry, Selector, SpiffeId};
 use writ_proto::workload as wl;
 use writ_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 
+use crate::cache::leaf_serial;
 use crate::conn::{ConnIdentity, WorkloadConnInfo};
+use crate::deliveries::{now_ms, Delivery};
 use crate::jwt_cache::check_audiences;
 use crate::view::WorkloadView;
 
@@ -29,6 +31,42 @@ struct Caller {
     selectors: Vec<Selector>,
     uid: u32,
     identity: Arc<ConnIdentity>,
+}
+
+/// A delivery record for `caller` (its executable read now from `/proc`).
+fn delivery(
+    caller: &crate::workload_attest::Caller,
+    kind: &str,
+    serial: String,
+    jti: String,
+    spiffe_id: &str,
+    audience: Vec<String>,
+) -> Delivery {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", caller.pid))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    Delivery {
+        kind: kind.to_owned(),
+        serial,
+        jti,
+        spiffe_id: spiffe_id.to_owned(),
+        pid: caller.pid,
+        uid: caller.uid,
+        exe,
+        audience,
+        at_ms: now_ms(),
+    }
+}
+
+/// The `jti` claim of a compact JWT minted by our server (None if absent or unreadable).
+fn jti_of(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("jti")?.as_str().map(str::to_owned)
 }
 
 /// How long a new stream waits for the first SVID of a freshly matched entry.
@@ -137,6 +175,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
         }
         let sels = selectors.clone();
+        // Each SVID is reported once per stream, when it is first handed over.
+        let (log, caller) = (self.view.deliveries.clone(), identity.caller);
+        let mut delivered = std::collections::HashSet::new();
         Ok(Response::new(spawn_stream(
             self.view.clone(),
             identity,
@@ -144,6 +185,21 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 X509Answer::None => None,
                 X509Answer::Pending => Some(None),
                 X509Answer::Ready(r) => Some(Some(r)),
+            },
+            move |r: &wl::X509svidResponse| {
+                for s in &r.svids {
+                    let serial = leaf_serial(&s.x509_svid);
+                    if !serial.is_empty() && delivered.insert(serial.clone()) {
+                        log.record(delivery(
+                            &caller,
+                            "svid.delivered",
+                            serial,
+                            String::new(),
+                            &s.spiffe_id,
+                            Vec::new(),
+                        ));
+                    }
+                }
             },
         )))
     }
@@ -173,6 +229,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     })
                 })
             },
+            |_: &wl::X509BundlesResponse| {},
         )))
     }
 
@@ -180,7 +237,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<wl::JwtsvidRequest>,
     ) -> Result<Response<wl::JwtsvidResponse>, Status> {
-        let Caller { selectors, uid, .. } = self.caller(&req).await?;
+        let Caller {
+            selectors,
+            uid,
+            identity,
+        } = self.caller(&req).await?;
         let r = req.get_ref();
         let audience =
             check_audiences(&r.audience).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -213,6 +274,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 continue;
             }
             let token = self.view.jwt.mint(e, audience.clone(), uid).await?;
+            if let Some(jti) = jti_of(&token) {
+                self.view.deliveries.record(delivery(
+                    &identity.caller,
+                    "svid.delivered",
+                    String::new(),
+                    jti,
+                    e.spiffe_id.as_str(),
+                    Vec::new(),
+                ));
+            }
             svids.push(wl::Jwtsvid {
                 spiffe_id: e.spiffe_id.to_string(),
                 svid: token,
@@ -243,6 +314,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 bundles_for(st, &selectors, true)
                     .map(|bundles| Some(wl::JwtBundlesResponse { bundles }))
             },
+            |_: &wl::JwtBundlesResponse| {},
         )))
     }
 
@@ -271,6 +343,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 return Err(Status::invalid_argument(format!(
                     "JWT-SVID `{jti}` has been revoked"
                 )));
+            }
+            // Validation is open to every local process (no attestation): the record names
+            // the caller as the kernel reported it at connect time.
+            if let Some(info) = req.extensions().get::<WorkloadConnInfo>() {
+                self.view.deliveries.record(delivery(
+                    &info.identity.caller,
+                    "jwt.validated",
+                    String::new(),
+                    jti.to_owned(),
+                    v.spiffe_id.as_str(),
+                    vec![r.audience.clone()],
+                ));
             }
         }
         Ok(Response::new(wl::ValidateJwtsvidResponse {

@@ -21,14 +21,17 @@ pub(super) type Stream<T> = ReceiverStream<Result<T, Status>>;
 /// Runs a stream: computes `answer` now and after every generation change, sends it when it
 /// differs from the last one, ends with PermissionDenied when `answer` says the caller has no
 /// identity any more.
-pub(super) fn spawn_stream<T, F>(
+/// `sent` is called with each message after it is handed to the caller (delivery records).
+pub(super) fn spawn_stream<T, F, S>(
     view: Arc<WorkloadView>,
     identity: Arc<ConnIdentity>,
     mut answer: F,
+    mut sent: S,
 ) -> Stream<T>
 where
     T: PartialEq + Clone + Send + 'static,
     F: FnMut(&WorkloadView) -> Option<Option<T>> + Send + 'static,
+    S: FnMut(&T) + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(4);
     let mut gen = view.subscribe();
@@ -52,6 +55,7 @@ where
                     if tx.send(Ok(msg.clone())).await.is_err() {
                         return;
                     }
+                    sent(&msg);
                     last = Some(msg);
                 }
                 // Unchanged, or not ready yet.

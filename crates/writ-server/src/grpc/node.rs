@@ -204,6 +204,21 @@ impl Node for NodeApi {
         }))
     }
 
+    async fn report_deliveries(
+        &self,
+        req: Request<pb::ReportDeliveriesRequest>,
+    ) -> Result<Response<pb::ReportDeliveriesResponse>, Status> {
+        let node = caller(&req)?.node;
+        let (recorded, refused) = self
+            .state
+            .record_deliveries(&node, req.into_inner().deliveries)
+            .await?;
+        Ok(Response::new(pb::ReportDeliveriesResponse {
+            recorded,
+            refused,
+        }))
+    }
+
     type WatchBundlesStream = Stream<pb::WatchBundlesResponse>;
 
     async fn watch_bundles(

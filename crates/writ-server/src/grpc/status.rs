@@ -166,6 +166,15 @@ impl From<RevokeError> for Status {
     }
 }
 
+impl From<crate::deliveries::ReportError> for Status {
+    fn from(e: crate::deliveries::ReportError) -> Self {
+        match e {
+            crate::deliveries::ReportError::TooMany(_) => Status::invalid_argument(e.to_string()),
+            crate::deliveries::ReportError::Audit(_) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<StreamEnd> for Status {
     fn from(e: StreamEnd) -> Self {
         match e {
