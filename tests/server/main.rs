@@ -15,6 +15,7 @@ mod bundles;
 mod entries;
 mod governance;
 mod hardening;
+mod policy;
 mod sshpop;
 mod support;
 mod sync;

@@ -28,13 +28,37 @@ async fn server_with(dir: &Path, extra: &str) -> RunningServer {
 /// X509-SVIDs per second through BatchSignX509, as the issuance section measures it, on a
 /// server with the journal on or off.
 async fn x509_rate(sz: &Sizes, journal: bool) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
     let extra = if journal {
         ""
     } else {
         "[audit]\nenabled = false\n"
     };
-    let server = server_with(dir.path(), extra).await;
+    rates(sz, extra).await.0
+}
+
+/// The policy file of `n` policies: one permit for owned workloads, and `n - 1` forbids about
+/// other paths (none applies to the benchmark's identities; all are evaluated).
+fn policy_text(n: usize) -> String {
+    let mut t = String::from(
+        "@id(\"permit-owned\")\npermit (principal is Writ::Workload, action, resource) when { principal.owner != \"\" };\n",
+    );
+    for i in 1..n {
+        t += &format!(
+            "@id(\"forbid-{i}\")\nforbid (principal is Writ::Workload, action, resource) when {{ resource.path like \"/team{i}/*\" && context.ttl > 60 }};\n"
+        );
+    }
+    t
+}
+
+/// (X509-SVIDs/s, JWT-SVIDs/s) on a server with `extra` config (`$DIR`: its directory, where
+/// a 100-policy `policy.cedar` is written when the config names it).
+async fn rates(sz: &Sizes, extra: &str) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = extra.replace("$DIR", &dir.path().display().to_string());
+    if extra.contains("policy.cedar") {
+        std::fs::write(dir.path().join("policy.cedar"), policy_text(100)).unwrap();
+    }
+    let server = server_with(dir.path(), &extra).await;
     let bundle = server.state.bundles.borrow().own.clone();
     let addr = server.listen_addr.to_string();
     let mut clients = Vec::new();
@@ -64,12 +88,13 @@ async fn x509_rate(sz: &Sizes, journal: bool) -> f64 {
                     .unwrap(),
             })
             .collect();
-        clients.push((c, reqs));
+        clients.push((c, reqs, e.id.clone()));
     }
+    let jwt_targets: Vec<_> = clients.iter().map(|(c, _, e)| (c.clone(), e.clone())).collect();
     let signed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (mut c, reqs) in clients {
+    for (mut c, reqs, _) in clients {
         let (signed, secs) = (signed.clone(), sz.secs);
         tasks.push(tokio::spawn(async move {
             while start.elapsed().as_secs_f64() < secs {
@@ -91,8 +116,43 @@ async fn x509_rate(sz: &Sizes, journal: bool) -> f64 {
         t.await.unwrap();
     }
     let rate = signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let jwt = crate::sections::mint_rate(jwt_targets, 4, sz.secs).await;
     server.shutdown(Duration::from_secs(2)).await.unwrap();
-    rate
+    (rate, jwt)
+}
+
+/// Decision latency (p50, p99 in microseconds) for a set of `n` policies.
+fn decision_latency(n: usize, iters: usize) -> (f64, f64) {
+    let b = writ_policy::PolicyBundle::from_sources(&[("bench.cedar".into(), policy_text(n))])
+        .unwrap();
+    let req = writ_policy::MintRequest {
+        action: writ_policy::Action::MintX509,
+        principal: writ_policy::Principal::Workload {
+            entry_id: "e".into(),
+            spiffe_id: "spiffe://example.org/web".into(),
+            parent_id: "spiffe://example.org/node/a".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            owner: "team".into(),
+            purpose: "bench".into(),
+            expires_at: None,
+            break_glass: false,
+            break_glass_reason: String::new(),
+            node_id: "spiffe://example.org/writ/agent/join_token/x".into(),
+            node_attestor: "join_token".into(),
+            node_selectors: vec![],
+        },
+        spiffe_id: "spiffe://example.org/web".into(),
+        ttl: 3600,
+        audiences: vec![],
+        now: 1_800_000_000,
+    };
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        assert!(req.decide(&b).allowed);
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    (percentile(&mut v, 50.0), percentile(&mut v, 99.0))
 }
 
 fn leaf_serial(m: &wl::X509svidResponse) -> Vec<u8> {
@@ -261,11 +321,51 @@ pub async fn governance(sz: &Sizes) -> Vec<Row> {
         on = on.max(x509_rate(sz, true).await);
     }
     let (r50, r99, c50, c99) = revocation_to_effect(sz).await;
+    let policy_cfg = "[policy]\nfiles = [\"$DIR/policy.cedar\"]\n";
+    let (mut p_off, mut p_on) = ((0f64, 0f64), (0f64, 0f64));
+    for _ in 0..2 {
+        let a = rates(sz, "").await;
+        let b = rates(sz, policy_cfg).await;
+        p_off = (p_off.0.max(a.0), p_off.1.max(a.1));
+        p_on = (p_on.0.max(b.0), p_on.1.max(b.1));
+    }
+    let iters = if sz.trials < 10 { 200 } else { 5000 };
+    let lat: Vec<(usize, (f64, f64))> = [10, 100, 1000]
+        .into_iter()
+        .map(|n| (n, decision_latency(n, iters)))
+        .collect();
+    let (one50, _) = decision_latency(1, iters);
     let n = sz.audit_records;
     let (verify, scan) = tokio::task::spawn_blocking(move || audit_verify(n))
         .await
         .unwrap();
-    vec![
+    let mut rows = vec![
+        Row::new(
+            "policy",
+            "X509-SVIDs/s with a 100-policy Cedar set (every mint decided)",
+            format!("{:.0}", p_on.0),
+        )
+        .vs(format!("{:.0} with no [policy]", p_off.0), p_on.0 / p_off.0)
+        .target(">= 0.9"),
+        Row::new(
+            "policy",
+            "JWT-SVIDs/s via MintJwt with the same set",
+            format!("{:.0}", p_on.1),
+        )
+        .vs(format!("{:.0} with no [policy]", p_off.1), p_on.1 / p_off.1)
+        .target(">= 0.9"),
+    ];
+    for (n, (p50, p99)) in lat {
+        rows.push(
+            Row::new(
+                "policy",
+                format!("decision latency p50 / p99 with {n} policies (us)"),
+                format!("{p50:.1} / {p99:.1}"),
+            )
+            .vs(format!("{one50:.1} p50 with 1 policy"), p50 / one50),
+        );
+    }
+    rows.extend(vec![
         Row::new(
             "governance",
             format!(
@@ -298,5 +398,6 @@ pub async fn governance(sz: &Sizes) -> Vec<Row> {
             format!("{scan:.2} s to read and decode them without checking"),
             verify / scan,
         ),
-    ]
+    ]);
+    rows
 }

@@ -342,7 +342,7 @@ pub async fn issuance(sz: &Sizes) -> Vec<Row> {
 }
 
 /// MintJwt calls per second from `callers` concurrent callers per (agent, entry).
-async fn mint_rate(targets: Vec<(Node, String)>, callers: usize, secs: f64) -> f64 {
+pub(crate) async fn mint_rate(targets: Vec<(Node, String)>, callers: usize, secs: f64) -> f64 {
     let minted = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();

@@ -77,6 +77,9 @@ pub(crate) enum Command {
     /// The audit journal: who got which identity, when, and what changed.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Policy-as-code: Cedar policies decided at every mint.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Sidecar that keeps SVID files fresh.
     Helper {
         /// Helper config file (TOML).
@@ -322,6 +325,30 @@ pub(crate) struct AuditFilter {
     /// Only records since this time: RFC 3339, or a duration back from now (`1h`, `7d`).
     #[arg(long)]
     pub(crate) since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCmd {
+    /// Checks policy files against the writ schema, without a server. Exit 1 with the errors
+    /// (file, line, policy).
+    Validate {
+        /// Policy files (`.cedar`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Asks the server for a decision under the set in force, without minting.
+    Check {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// The request, JSON: {"action": "mint_x509", "spiffe_id": "...", "entry_id"?,
+        /// "node_id"?, "uid"?, "ttl"?, "audiences"?, "now"?}.
+        #[arg(long)]
+        request: String,
+    },
+    /// The set in force: files, hash, load time, policy ids.
+    Show(AdminSocket),
+    /// Prints the Cedar schema policies are validated against.
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@ mod audit;
 mod dev;
 mod files;
 mod output;
+mod policy;
 mod server;
 mod signals;
 mod workload;
@@ -82,8 +83,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             check: true,
             ..
         }) => {
-            writ_server::ServerConfig::load(&config)
+            let cfg = writ_server::ServerConfig::load(&config)
                 .map_err(|e| CliError::Failed(e.to_string()))?;
+            // The policy files are part of the config: a set that would stop the server
+            // fails the check too.
+            if let Some(p) = &cfg.policy {
+                writ_policy::policy_files(&p.files, p.dir.as_deref())
+                    .and_then(|f| writ_policy::PolicyBundle::load(&f))
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+            }
             output::out(&format!("config `{}` is valid\n", config.display()));
             Ok(())
         }
@@ -121,6 +129,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Entry(c) => admin::entry(c, out).await,
         Command::Node(c) => admin::node(c, out).await,
         Command::Audit(c) => audit::run(c, out).await,
+        Command::Policy(c) => policy::run(c, out).await,
         Command::Bundle(c) => admin::bundle(c, out).await,
         Command::X509(c) => admin::x509(c, out).await,
         Command::Jwt(JwtCmd::Mint {

@@ -90,7 +90,13 @@ impl ServerState {
         let now = writ_core::now_unix();
         let idx = self.index.read().unwrap_or_else(unpoison);
         let ids = idx.identities(node, now);
-        let set = idx.authorized(&ids, now);
-        (idx.revision(), ids, set)
+        let mut set = idx.authorized(&ids, now);
+        let revision = idx.revision();
+        drop(idx);
+        // What policy denies is not sent: the agent drops it and its workloads lose it.
+        if let Some(cur) = self.policy.current() {
+            set.retain(|e| self.policy_permits_entry(&cur, e, node));
+        }
+        (revision, ids, set)
     }
 }

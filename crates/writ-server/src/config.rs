@@ -55,6 +55,17 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     governance: Option<crate::governance::RawGovernance>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    files: Vec<PathBuf>,
+    #[serde(default)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +180,8 @@ pub struct ServerConfig {
     pub audit_enabled: bool,
     /// `[governance]`: owner, purpose and lifetime rules for entries; break-glass limits.
     pub governance: crate::governance::Governance,
+    /// `[policy]`: Cedar policy files decided at every mint (none: every match is issued).
+    pub policy: Option<crate::policy::PolicySource>,
 }
 
 fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
@@ -300,6 +313,19 @@ impl ServerConfig {
             metrics_listen,
             max_agent_connections: raw.max_agent_connections,
             audit_enabled: raw.audit.enabled,
+            policy: match raw.policy {
+                None => None,
+                Some(p) if p.files.is_empty() && p.dir.is_none() => {
+                    return Err(invalid(
+                        "policy",
+                        "set `files` or `dir` (or remove [policy])",
+                    ))
+                }
+                Some(p) => Some(crate::policy::PolicySource {
+                    files: p.files,
+                    dir: p.dir,
+                }),
+            },
             governance: raw
                 .governance
                 .map(|g| g.validate())

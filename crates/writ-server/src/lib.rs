@@ -17,6 +17,7 @@
 //! - `registry`: entry writes (store, index, broadcast), node eviction and bans, join tokens.
 //! - `index`: the in-memory entry index and the authorisation rule; `authorise`: the rule
 //!   applied before and after signing.
+//! - `policy`: the Cedar policy set in force, reloads, the decision every mint asks for.
 //! - `signing`: the signing queue, X509-SVIDs and JWT-SVIDs; `agent_svid`: agent renewal.
 //! - `sync`: the entry sync stream (paged snapshot, then pushed changes); `paging`: page
 //!   limits (count and encoded size).
@@ -50,6 +51,7 @@ pub(crate) mod metrics;
 pub(crate) mod paging;
 pub(crate) mod plugin;
 pub(crate) mod plugins;
+pub(crate) mod policy;
 pub(crate) mod rate_limit;
 pub(crate) mod registry;
 pub(crate) mod revoke;
@@ -62,6 +64,7 @@ pub use audit::AuditError;
 pub use bundles::BundleSet;
 pub use config::{ConfigError, ServerConfig};
 pub use governance::{Governance, GovernanceError};
+pub use policy::PolicySource;
 pub use registry::RegistryError;
 pub use run::{start, RunningServer, ServerError};
 pub use state::ServerState;

@@ -39,6 +39,8 @@ pub(crate) struct Metrics {
     pub break_glass: AtomicU64,
     /// Credentials revoked.
     pub revoked: AtomicU64,
+    /// Issuances denied by policy.
+    pub policy_denied: AtomicU64,
     /// Set once both listeners accept connections.
     pub ready: AtomicBool,
 }
@@ -79,7 +81,9 @@ impl Metrics {
              # TYPE writ_break_glass_total counter\n\
              writ_break_glass_total {}\n\
              # TYPE writ_revocations_total counter\n\
-             writ_revocations_total {}\n",
+             writ_revocations_total {}\n\
+             # TYPE writ_policy_denied_total counter\n\
+             writ_policy_denied_total {}\n",
             c(&self.attest_ok),
             c(&self.attest_failed),
             c(&self.attest_rate_limited),
@@ -92,6 +96,7 @@ impl Metrics {
             c(&self.ca_rotations),
             c(&self.break_glass),
             c(&self.revoked),
+            c(&self.policy_denied),
         )
     }
 }

@@ -60,6 +60,9 @@ pub enum ServerError {
     /// A gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The policy set does not load (file, line and policy named).
+    #[error(transparent)]
+    Policy(#[from] writ_policy::PolicyError),
     /// The stored revocation list is unreadable.
     #[error("revocation list: {0}")]
     Revocations(String),
@@ -171,6 +174,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .filter(|b| b.trust_domain != cfg.trust_domain)
         .collect();
     let index = EntryIndex::new(store.list_entries()?, store.revision()?);
+    let policy = crate::policy::Policies::open(cfg.policy.clone())?;
     let revocations = RevocationList::load(store.as_ref())
         .map_err(|e| ServerError::Revocations(e.to_string()))?;
 
@@ -197,6 +201,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics: Arc::new(Metrics::default()),
         audit,
         revocations,
+        policy,
     });
     if let Err(e) = state.refresh_revocations().await {
         tracing::error!(error = %e, "could not sign the CRL; revoked serials are still sent to agents");
@@ -219,6 +224,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         tokio::spawn(background::token_prune_loop(state.clone())),
         tokio::spawn(background::crl_loop(state.clone())),
         tokio::spawn(background::expiry_loop(state.clone())),
+        tokio::spawn(crate::policy::reload_loop(state.clone())),
     ];
     if let Some(addr) = cfg.metrics_listen {
         let m = state.metrics.clone();

@@ -57,6 +57,9 @@ pub(crate) enum SignError {
     /// The datastore failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The set in force denies it.
+    #[error(transparent)]
+    Denied(#[from] crate::policy::Denied),
     /// The issue records could not be made durable: nothing is handed out unrecorded.
     #[error("not issued: {0}")]
     Audit(#[from] crate::audit::AuditError),
@@ -164,6 +167,19 @@ impl ServerState {
         } else {
             self.cfg.default_jwt_svid_ttl
         };
+        let req = writ_policy::MintRequest {
+            action: writ_policy::Action::MintJwt,
+            principal: crate::policy::workload(&entry, node),
+            spiffe_id: entry.spiffe_id.to_string(),
+            ttl,
+            audiences: audience.to_vec(),
+            now: writ_core::now_unix(),
+        };
+        if let Err(d) = self.decide(&req, &entry.id) {
+            let rec =
+                self.denial_record(writ_audit::Actor::agent(node.spiffe_id.as_str()), &req, &d);
+            return Err(SignError::Denied(d.with_record(rec)));
+        }
         let out = self.mint_jwt(&entry.spiffe_id, audience, ttl)?;
         if !self
             .still_authorised(node, std::slice::from_ref(&entry))?
@@ -304,20 +320,23 @@ impl SigningQueue {
                 .await
                 .map_err(|_| SignError::ShuttingDown)?;
             let st = self.state.clone();
+            let node = node.clone();
             chunks.push(tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 chunk
                     .into_iter()
-                    .map(|(r, e)| sign_one(&st, r, &e))
+                    .map(|(r, e)| sign_one(&st, &node, r, &e))
                     .collect::<Vec<_>>()
             }));
         }
         let mut results = Vec::new();
         let mut serials = Vec::new();
+        let mut denials = Vec::new();
         for c in chunks {
-            for (r, serial) in c.await? {
+            for (r, serial, denied) in c.await? {
                 results.push(r);
                 serials.push(serial);
+                denials.extend(denied);
             }
         }
         results.extend(deferred.into_iter().map(|r| not_signed(r.entry_id)));
@@ -356,6 +375,7 @@ impl SigningQueue {
                 }
                 recs
             })
+            .chain(denials)
             .collect();
         st.audit.record(issued).await?;
         Ok(pb::BatchSignX509Response { results })
@@ -364,12 +384,34 @@ impl SigningQueue {
 
 /// Verifies one CSR and signs its X509-SVID; a refusal is reported in the result, not as an error
 /// for the whole batch.
-fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> (pb::SignX509Result, String) {
-    let ttl = if e.x509_svid_ttl > 0 {
-        e.x509_svid_ttl as i64
-    } else {
-        st.cfg.default_x509_svid_ttl
+fn sign_one(
+    st: &ServerState,
+    node: &AttestedNode,
+    r: pb::SignX509Request,
+    e: &Entry,
+) -> (pb::SignX509Result, String, Option<writ_audit::NewRecord>) {
+    let ttl = st.x509_ttl(e);
+    let req = writ_policy::MintRequest {
+        action: writ_policy::Action::MintX509,
+        principal: crate::policy::workload(e, node),
+        spiffe_id: e.spiffe_id.to_string(),
+        ttl,
+        audiences: Vec::new(),
+        now: writ_core::now_unix(),
     };
+    if let Err(d) = st.decide(&req, &e.id) {
+        let rec = st.denial_record(writ_audit::Actor::agent(node.spiffe_id.as_str()), &req, &d);
+        return (
+            pb::SignX509Result {
+                entry_id: r.entry_id,
+                cert_chain: Vec::new(),
+                expires_at: 0,
+                error: d.to_string(),
+            },
+            String::new(),
+            Some(rec),
+        );
+    }
     match st.mint_from_csr(&r.csr, &e.spiffe_id, ttl, &e.dns_names) {
         Ok(svid) => (
             pb::SignX509Result {
@@ -379,6 +421,7 @@ fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> (pb::SignX50
                 error: String::new(),
             },
             svid.serial_hex,
+            None,
         ),
         Err(e) => {
             // Counted like a refused call: a bad CSR is bad input, whatever else the batch holds.
@@ -395,6 +438,7 @@ fn sign_one(st: &ServerState, r: pb::SignX509Request, e: &Entry) -> (pb::SignX50
                     error: e.to_string(),
                 },
                 String::new(),
+                None,
             )
         }
     }

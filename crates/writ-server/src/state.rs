@@ -31,6 +31,8 @@ pub enum Event {
     NodeGone(SpiffeId),
     /// The server is stopping: streams end with Unavailable.
     Shutdown,
+    /// A new policy set is in force: every agent's authorised set is filtered again.
+    PolicyChanged,
 }
 
 /// Why a server stream (entry sync, bundle watch) ended.
@@ -77,6 +79,8 @@ pub struct ServerState {
     pub(crate) audit: AuditLog,
     /// Revoked credentials (durable list; published with the bundles).
     pub(crate) revocations: Revocations,
+    /// The Cedar policy set in force (`[policy]`), if any.
+    pub(crate) policy: crate::policy::Policies,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -99,6 +103,7 @@ pub(crate) struct Parts {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) audit: AuditLog,
     pub(crate) revocations: RevocationList,
+    pub(crate) policy: crate::policy::Policies,
 }
 
 /// A poisoned lock still holds consistent data here (every critical section is a plain
@@ -137,6 +142,7 @@ impl ServerState {
             attestors: p.attestors,
             audit: p.audit,
             revocations: Revocations::new(p.revocations),
+            policy: p.policy,
         })
     }
 

@@ -86,6 +86,9 @@ pub(crate) async fn sync_loop(
                 }
                 Ok(Event::NodeGone(_)) => continue,
                 Ok(Event::Shutdown) => return Err(StreamEnd::Shutdown),
+                Ok(Event::PolicyChanged) => {
+                    recompute_at = st.index.read().unwrap_or_else(|p| p.into_inner()).revision();
+                }
                 // Missed events: recompute from the index, which is always current.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     recompute_at = st.index.read().unwrap_or_else(|p| p.into_inner()).revision();
@@ -155,6 +158,10 @@ fn nothing_changed_for(
     after: u64,
     revision: u64,
 ) -> bool {
+    // The set also depends on the policy in force, which the revision log does not record.
+    if st.policy.current().is_some() {
+        return false;
+    }
     if after == revision {
         return true;
     }

@@ -21,6 +21,19 @@ pub enum AuditQuery<'a> {
 }
 
 impl AuditQuery<'_> {
+    /// Whether `r` is a record this query selects.
+    pub(crate) fn matches(&self, r: &Record) -> bool {
+        let f = |v: &Option<String>, want: &str| v.as_deref() == Some(want);
+        match *self {
+            AuditQuery::All => true,
+            AuditQuery::SpiffeId(v) => f(&r.spiffe_id, v),
+            AuditQuery::Serial(v) => f(&r.serial, v),
+            AuditQuery::Jti(v) => f(&r.jti, v),
+            AuditQuery::Entry(v) => f(&r.entry_id, v),
+            AuditQuery::Task(v) => f(&r.task_id, v),
+        }
+    }
+
     /// The index tag and value, for indexed queries.
     pub(crate) fn indexed(&self) -> Option<(u8, &str)> {
         match *self {

@@ -123,6 +123,80 @@ fn appends_chain_sign_and_query() {
     assert_eq!(verify_store(&s, &k), Ok(51));
 }
 
+#[test]
+fn an_append_cut_short_before_its_head_is_invisible_and_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let kd = tempfile::tempdir().unwrap();
+    let k = key_in(kd.path());
+    {
+        let s = SledStore::open(d.path()).unwrap();
+        let sign = signer(&k);
+        s.append_audit(
+            AuditBatch {
+                records: (0..3).map(issued).collect(),
+                now_ms: 1,
+            },
+            &sign,
+        )
+        .unwrap();
+    }
+    // What a crash between the record batch and the head leaves: a record (and its index key)
+    // past the head. Written with sled directly, as the interrupted append would have.
+    {
+        let db = sled::open(d.path()).unwrap();
+        let stray = db
+            .open_tree("audit")
+            .unwrap()
+            .get(3u64.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        let mut rec: serde_json::Value = serde_json::from_slice(&stray).unwrap();
+        rec["seq"] = 4.into();
+        rec["serial"] = "ffff".into();
+        db.open_tree("audit")
+            .unwrap()
+            .insert(4u64.to_be_bytes(), serde_json::to_vec(&rec).unwrap())
+            .unwrap();
+        let mut key = b"nffff\0".to_vec();
+        key.extend_from_slice(&4u64.to_be_bytes());
+        db.open_tree("audit_idx")
+            .unwrap()
+            .insert(key, &[][..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = SledStore::open(d.path()).unwrap();
+    assert_eq!(
+        verify_store(&s, &k),
+        Ok(3),
+        "the stray record is not part of the journal"
+    );
+    let mut hits = 0;
+    s.audit_scan(AuditQuery::Serial("ffff"), 0, &mut |_| {
+        hits += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(hits, 0);
+    // The next append takes number 4 and the stale index key does not point at it.
+    let sign = signer(&k);
+    s.append_audit(
+        AuditBatch {
+            records: vec![issued(7)],
+            now_ms: 2,
+        },
+        &sign,
+    )
+    .unwrap();
+    assert_eq!(verify_store(&s, &k), Ok(4));
+    s.audit_scan(AuditQuery::Serial("ffff"), 0, &mut |_| {
+        hits += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(hits, 0);
+}
+
 /// The writer for the SIGKILL test. Does nothing unless started by the test below.
 #[test]
 fn audit_crash_child() {

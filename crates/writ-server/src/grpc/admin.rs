@@ -41,6 +41,35 @@ impl AdminApi {
     pub(crate) fn new(state: Arc<ServerState>) -> Self {
         AdminApi { state }
     }
+
+    /// The policy decision for an operator mint; a denial is journalled and refused.
+    async fn operator_decision<T>(
+        &self,
+        req: &Request<T>,
+        action: writ_policy::Action,
+        id: &writ_core::SpiffeId,
+        ttl: i64,
+        audiences: &[String],
+    ) -> Result<(), Status> {
+        let actor = operator(req);
+        let mint = writ_policy::MintRequest {
+            action,
+            principal: writ_policy::Principal::Operator {
+                uid: actor.uid.unwrap_or(u32::MAX),
+            },
+            spiffe_id: id.to_string(),
+            ttl,
+            audiences: audiences.to_vec(),
+            now: writ_core::now_unix(),
+        };
+        let key = format!("operator:{}", actor.uid.unwrap_or(u32::MAX));
+        if let Err(d) = self.state.decide(&mint, &key) {
+            let rec = self.state.denial_record(actor, &mint, &d);
+            self.state.audit.note(vec![rec]).await;
+            return Err(crate::signing::SignError::Denied(d).into());
+        }
+        Ok(())
+    }
 }
 
 /// The operator calling: the admin socket's peer UID (the socket is private to the server's
@@ -362,6 +391,8 @@ impl Admin for AdminApi {
             MAX_MINT_TTL,
             "x509",
         )?;
+        self.operator_decision(&req, writ_policy::Action::MintX509, &id, ttl, &[])
+            .await?;
         let (svid, key) = self.state.mint_with_new_key(&id, ttl, &r.dns_names)?;
         let rec = events::x509_minted(
             operator(&req),
@@ -402,6 +433,8 @@ impl Admin for AdminApi {
             MAX_MINT_TTL,
             "jwt",
         )?;
+        self.operator_decision(&req, writ_policy::Action::MintJwt, &id, ttl, &r.audience)
+            .await?;
         let jwt = self.state.mint_jwt(&id, &r.audience, ttl)?;
         let rec = events::jwt_issued(
             operator(&req),
@@ -558,6 +591,57 @@ impl Admin for AdminApi {
             crl: published.crl.clone(),
             revoked_x509: list.x509.iter().map(|(id, r)| revoked_pb(id, r)).collect(),
             revoked_jwt: list.jwt.iter().map(|(id, r)| revoked_pb(id, r)).collect(),
+        }))
+    }
+
+    async fn show_policy(
+        &self,
+        _req: Request<pb::ShowPolicyRequest>,
+    ) -> Result<Response<pb::ShowPolicyResponse>, Status> {
+        Ok(Response::new(match self.state.policy.current() {
+            None => pb::ShowPolicyResponse::default(),
+            Some(cur) => pb::ShowPolicyResponse {
+                configured: true,
+                files: cur
+                    .bundle
+                    .files()
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect(),
+                hash: cur.bundle.hash().to_owned(),
+                loaded_at: cur.loaded_at,
+                policy_ids: cur.bundle.ids(),
+            },
+        }))
+    }
+
+    async fn check_policy(
+        &self,
+        req: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
+        let uid = operator(&req).uid.unwrap_or(u32::MAX);
+        let mint = self
+            .state
+            .check_request(&req.get_ref().request_json, uid)
+            .map_err(Status::invalid_argument)?;
+        let request_json = serde_json::to_string(&mint).unwrap_or_default();
+        Ok(Response::new(match self.state.policy.current() {
+            None => pb::CheckPolicyResponse {
+                configured: false,
+                allowed: true,
+                request_json,
+                ..Default::default()
+            },
+            Some(cur) => {
+                let d = mint.decide(&cur.bundle);
+                pb::CheckPolicyResponse {
+                    configured: true,
+                    allowed: d.allowed,
+                    policies: d.policies,
+                    errors: d.errors,
+                    request_json,
+                }
+            }
         }))
     }
 }

@@ -170,7 +170,16 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::MintJwtResponse>, Status> {
         let node = caller(&req)?.node;
         let r = req.get_ref();
-        let (jwt, entry) = self.state.mint_jwt_for(&node, &r.entry_id, &r.audience)?;
+        let (jwt, entry) = match self.state.mint_jwt_for(&node, &r.entry_id, &r.audience) {
+            Ok(x) => x,
+            Err(crate::signing::SignError::Denied(d)) => {
+                if let Some(rec) = d.1.clone() {
+                    self.state.audit.note(vec![*rec]).await;
+                }
+                return Err(crate::signing::SignError::Denied(d).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let rec = crate::audit::events::jwt_issued(
             writ_audit::Actor::agent(node.spiffe_id.as_str()),
             entry.spiffe_id.as_str(),

@@ -92,6 +92,7 @@ impl From<SignError> for Status {
             SignError::Store(s) => store(s),
             // The journal is down: refuse rather than hand out an unrecorded SVID; the caller
             // retries (Unavailable), as it does for a datastore that is down.
+            SignError::Denied(_) => Status::permission_denied(e.to_string()),
             SignError::Audit(_) => {
                 tracing::error!(error = %e, "SVID withheld: audit journal unavailable");
                 Status::unavailable(e.to_string())
