@@ -90,7 +90,10 @@ async fn rates(sz: &Sizes, extra: &str) -> (f64, f64) {
             .collect();
         clients.push((c, reqs, e.id.clone()));
     }
-    let jwt_targets: Vec<_> = clients.iter().map(|(c, _, e)| (c.clone(), e.clone())).collect();
+    let jwt_targets: Vec<_> = clients
+        .iter()
+        .map(|(c, _, e)| (c.clone(), e.clone()))
+        .collect();
     let signed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -123,8 +126,8 @@ async fn rates(sz: &Sizes, extra: &str) -> (f64, f64) {
 
 /// Decision latency (p50, p99 in microseconds) for a set of `n` policies.
 fn decision_latency(n: usize, iters: usize) -> (f64, f64) {
-    let b = writ_policy::PolicyBundle::from_sources(&[("bench.cedar".into(), policy_text(n))])
-        .unwrap();
+    let b =
+        writ_policy::PolicyBundle::from_sources(&[("bench.cedar".into(), policy_text(n))]).unwrap();
     let req = writ_policy::MintRequest {
         action: writ_policy::Action::MintX509,
         principal: writ_policy::Principal::Workload {
