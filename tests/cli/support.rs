@@ -39,6 +39,8 @@ pub(crate) const COMMANDS: &[&[&str]] = &[
     &["policy", "check"],
     &["policy", "show"],
     &["policy", "schema"],
+    &["authority", "x509"],
+    &["authority", "jwt"],
     &["audit", "list"],
     &["audit", "show"],
     &["audit", "trace"],

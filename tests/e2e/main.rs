@@ -8,6 +8,7 @@
 )]
 
 mod audit;
+mod authority;
 mod durability;
 mod mtls_example;
 mod nodes;

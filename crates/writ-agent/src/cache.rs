@@ -23,6 +23,8 @@ pub struct CachedSvid {
     pub expires_at: i64,
     /// Serial number of the leaf, lowercase hex (as the server's revocation list names it).
     pub serial: String,
+    /// The leaf's authority key identifier (hex): which CA signed it, for taints.
+    pub issuer_key_id: String,
     /// When to rotate: half of the lifetime, minus up to a tenth of it at random, so a fleet
     /// that got SVIDs at the same moment does not come back at the same moment.
     pub rotate_at: i64,
@@ -60,6 +62,10 @@ pub struct Cache {
     pub revoked_serials: HashSet<String>,
     /// JWT-SVID `jti`s the server revoked, with their expiry: `ValidateJWTSVID` refuses them.
     pub revoked_jwts: HashMap<String, i64>,
+    /// Subject key identifiers of tainted CAs: SVIDs they signed are re-signed at once.
+    pub tainted_x509: HashSet<String>,
+    /// kids of tainted JWT keys.
+    pub tainted_jwt: HashSet<String>,
 }
 
 impl Cache {
@@ -79,7 +85,32 @@ impl Cache {
             crl: Vec::new(),
             revoked_serials: HashSet::new(),
             revoked_jwts: HashMap::new(),
+            tainted_x509: HashSet::new(),
+            tainted_jwt: HashSet::new(),
         }
+    }
+
+    /// Installs the tainted authorities: every SVID a tainted CA signed becomes due within
+    /// `jitter(life)` seconds (so a fleet does not come back at one instant). Returns how many
+    /// SVIDs were made due.
+    pub fn apply_taints(
+        &mut self,
+        x509: HashSet<String>,
+        jwt: HashSet<String>,
+        now: i64,
+        mut jitter: impl FnMut(i64) -> i64,
+    ) -> usize {
+        let mut due = 0;
+        for s in self.svids.values_mut() {
+            if x509.contains(&s.issuer_key_id) && s.rotate_at > now {
+                let life = (s.expires_at - now).max(1);
+                s.rotate_at = now + jitter(life);
+                due += 1;
+            }
+        }
+        self.tainted_x509 = x509;
+        self.tainted_jwt = jwt;
+        due
     }
 
     /// Installs the server's revocation state; SVIDs with a revoked serial are dropped at once

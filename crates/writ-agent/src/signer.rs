@@ -156,6 +156,11 @@ impl AgentState {
                     .first()
                     .map(|d| leaf_serial(d))
                     .unwrap_or_default();
+                let issuer_key_id = r
+                    .cert_chain
+                    .first()
+                    .map(|d| writ_ca::authority::authority_key_id(d))
+                    .unwrap_or_default();
                 // Revoked while it was being signed: never served.
                 if c.revoked_serials.contains(&serial) {
                     continue;
@@ -172,6 +177,7 @@ impl AgentState {
                         issued_at: now,
                         expires_at: r.expires_at,
                         serial,
+                        issuer_key_id,
                         rotate_at: now + life / 2 - jitter,
                     },
                 );

@@ -127,7 +127,28 @@ impl AgentState {
             .into_iter()
             .map(|j| (j.jti, j.expires_at))
             .collect();
-        let jwts_changed = self.view.read().revoked_jwts != jwts;
+        let tainted_x509: std::collections::HashSet<String> = m.tainted_x509.into_iter().collect();
+        let tainted_jwt: std::collections::HashSet<String> =
+            m.tainted_jwt_kids.into_iter().collect();
+        let jwts_changed = {
+            let c = self.view.read();
+            c.revoked_jwts != jwts || c.tainted_jwt != tainted_jwt
+        };
+        let now = writ_core::now_unix();
+        // A taint makes the SVIDs it concerns due within a few seconds, spread at random.
+        let retaint = self.view.update(|c| {
+            let n = c.apply_taints(tainted_x509, tainted_jwt, now, |life| {
+                self.random_below((life / 10).clamp(1, 5) as u64) as i64
+            });
+            (n, false)
+        });
+        if retaint > 0 {
+            tracing::warn!(
+                svids = retaint,
+                "SVIDs signed by a tainted CA are re-signed now"
+            );
+            self.sign_now.notify_one();
+        }
         let (changed, visible) = self.view.update(|c| {
             let changed = c.federated != fed;
             if changed {

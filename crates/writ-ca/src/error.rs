@@ -70,4 +70,7 @@ pub enum CaError {
     /// Bundle conversion failed.
     #[error(transparent)]
     Bundle(#[from] writ_core::BundleError),
+    /// An operator's authority action does not apply to the journal as it is.
+    #[error("{0}")]
+    Authority(String),
 }

@@ -29,6 +29,7 @@
 //! it signs anything; the CA's own key is never certified as a leaf; CSR signatures are verified
 //! before their key is used.
 
+pub mod authority;
 pub mod crl;
 pub mod error;
 pub mod jwt;
@@ -38,6 +39,7 @@ pub mod ssh;
 pub mod svid;
 pub mod x509;
 
+pub use authority::{AuthorityInfo, AuthorityKind};
 pub use crl::{Reason, Revoked};
 pub use error::CaError;
 pub use jwt::{JwtError, JwtSigner, ValidatedJwt};

@@ -58,6 +58,9 @@ pub struct X509Slot {
     pub not_before: i64,
     /// NotAfter (unix seconds).
     pub not_after: i64,
+    /// Tainted by an operator: agents re-sign what it signed; it may then be revoked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tainted: bool,
 }
 
 /// A JWT signing key in the journal.
@@ -75,6 +78,9 @@ pub struct JwtSlot {
     pub not_before: i64,
     /// End of validity (unix seconds).
     pub not_after: i64,
+    /// Tainted by an operator: agents drop tokens it signed; it may then be revoked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tainted: bool,
 }
 
 /// The whole journal.
@@ -105,12 +111,12 @@ pub struct CaConfig {
 
 /// Runs the journal: holds the active authorities and rotates them on [`CaManager::tick`].
 pub struct CaManager {
-    config: CaConfig,
-    keys: Arc<dyn KeyManager>,
-    upstream: Option<Arc<dyn UpstreamAuthority>>,
-    journal: CaJournal,
-    x509_active: Arc<X509Authority>,
-    jwt_active: Arc<JwtSigner>,
+    pub(crate) config: CaConfig,
+    pub(crate) keys: Arc<dyn KeyManager>,
+    pub(crate) upstream: Option<Arc<dyn UpstreamAuthority>>,
+    pub(crate) journal: CaJournal,
+    pub(crate) x509_active: Arc<X509Authority>,
+    pub(crate) jwt_active: Arc<JwtSigner>,
 }
 
 impl std::fmt::Debug for CaManager {
@@ -339,7 +345,7 @@ impl CaManager {
 
 /// Destroys the keys of authorities a persisted journal no longer names. A failure leaves a
 /// stray key file, which is logged and otherwise harmless.
-fn destroy_keys(keys: &dyn KeyManager, ids: &[String]) {
+pub(crate) fn destroy_keys(keys: &dyn KeyManager, ids: &[String]) {
     for id in ids {
         if let Err(e) = keys.delete(id) {
             tracing::warn!(key = %id, error = %e, "cannot destroy the key of an expired authority");
@@ -347,10 +353,10 @@ fn destroy_keys(keys: &dyn KeyManager, ids: &[String]) {
     }
 }
 
-struct CaManagerParts<'a> {
-    config: &'a CaConfig,
-    keys: &'a dyn KeyManager,
-    upstream: Option<&'a dyn UpstreamAuthority>,
+pub(crate) struct CaManagerParts<'a> {
+    pub(crate) config: &'a CaConfig,
+    pub(crate) keys: &'a dyn KeyManager,
+    pub(crate) upstream: Option<&'a dyn UpstreamAuthority>,
 }
 
 impl CaManagerParts<'_> {
@@ -360,48 +366,69 @@ impl CaManagerParts<'_> {
         now: i64,
         dropped: &mut Vec<String>,
     ) -> Result<bool, CaError> {
-        let cfg = self.config;
-        let keys = self.keys;
-        let upstream = self.upstream;
         let mut next_key = journal.next_key;
         let x = rotate(&mut journal.x509, now, dropped, |state| {
-            next_key += 1;
-            let key_id = format!("x509-ca-{next_key}");
-            let key = keys.generate(&key_id, cfg.key_type)?;
-            let (cert_der, upstream_chain) =
-                build_ca_cert(&cfg.trust_domain, &key, cfg.ca_ttl_secs, now, upstream)?;
-            let (nb, na) = crate::x509::validity(&crate::x509::parse_cert(&cert_der)?);
-            Ok(X509Slot {
-                key_id,
-                state,
-                cert_der,
-                upstream_chain,
-                not_before: nb,
-                not_after: na,
-            })
+            self.make_x509(&mut next_key, state, now)
         })?;
-        let rng = SystemRandom::new();
         let j = rotate(&mut journal.jwt, now, dropped, |state| {
-            next_key += 1;
-            let key_id = format!("jwt-{next_key}");
-            let key = keys.generate(&key_id, cfg.key_type)?;
-            let mut kid = [0u8; 16];
-            rng.fill(&mut kid).map_err(|_| CaError::Signing)?;
-            let public_key = PublicJwk::from_ec_point(&key.public_point()?)?;
-            Ok(JwtSlot {
-                kid: hex::encode(kid),
-                key_id,
-                state,
-                public_key,
-                not_before: now,
-                not_after: now + cfg.jwt_key_ttl_secs,
-            })
+            self.make_jwt(&mut next_key, state, now)
         })?;
         journal.next_key = next_key;
         Ok(x || j)
     }
 
-    fn load_active(
+    /// A new X.509 CA (key made and stored) in `state`.
+    pub(crate) fn make_x509(
+        &self,
+        next_key: &mut u64,
+        state: SlotState,
+        now: i64,
+    ) -> Result<X509Slot, CaError> {
+        let cfg = self.config;
+        *next_key += 1;
+        let key_id = format!("x509-ca-{next_key}");
+        let key = self.keys.generate(&key_id, cfg.key_type)?;
+        let (cert_der, upstream_chain) =
+            build_ca_cert(&cfg.trust_domain, &key, cfg.ca_ttl_secs, now, self.upstream)?;
+        let (nb, na) = crate::x509::validity(&crate::x509::parse_cert(&cert_der)?);
+        Ok(X509Slot {
+            key_id,
+            state,
+            cert_der,
+            upstream_chain,
+            not_before: nb,
+            not_after: na,
+            tainted: false,
+        })
+    }
+
+    /// A new JWT key (made and stored) in `state`.
+    pub(crate) fn make_jwt(
+        &self,
+        next_key: &mut u64,
+        state: SlotState,
+        now: i64,
+    ) -> Result<JwtSlot, CaError> {
+        *next_key += 1;
+        let key_id = format!("jwt-{next_key}");
+        let key = self.keys.generate(&key_id, self.config.key_type)?;
+        let mut kid = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut kid)
+            .map_err(|_| CaError::Signing)?;
+        let public_key = PublicJwk::from_ec_point(&key.public_point()?)?;
+        Ok(JwtSlot {
+            kid: hex::encode(kid),
+            key_id,
+            state,
+            public_key,
+            not_before: now,
+            not_after: now + self.config.jwt_key_ttl_secs,
+            tainted: false,
+        })
+    }
+
+    pub(crate) fn load_active(
         &self,
         journal: &CaJournal,
     ) -> Result<(Arc<X509Authority>, Arc<JwtSigner>), CaError> {

@@ -80,6 +80,9 @@ pub(crate) enum Command {
     /// Policy-as-code: Cedar policies decided at every mint.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The CA's X.509 authorities and JWT keys: rotation on demand.
+    #[command(subcommand)]
+    Authority(AuthorityCmd),
     /// Sidecar that keeps SVID files fresh.
     Helper {
         /// Helper config file (TOML).
@@ -325,6 +328,41 @@ pub(crate) struct AuditFilter {
     /// Only records since this time: RFC 3339, or a duration back from now (`1h`, `7d`).
     #[arg(long)]
     pub(crate) since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthorityCmd {
+    /// X.509 CAs (sign X509-SVIDs).
+    #[command(subcommand)]
+    X509(AuthorityAction),
+    /// JWT signing keys.
+    #[command(subcommand)]
+    Jwt(AuthorityAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthorityAction {
+    /// Lists the authorities: key ID, state (prepared, active, old), tainted, validity.
+    Show(AdminSocket),
+    /// Makes a prepared authority now (published in the bundle, not signing yet).
+    Prepare(AdminSocket),
+    /// Activates the prepared authority now; the active one becomes old (still published).
+    Activate(AdminSocket),
+    /// Taints an old authority: agents re-sign at once (with jitter) every SVID it signed,
+    /// and drop JWT-SVIDs it signed.
+    Taint {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// The authority's key ID (from `show`).
+        key_id: String,
+    },
+    /// Revokes a tainted authority: it leaves the bundle and its key is destroyed.
+    Revoke {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// The authority's key ID.
+        key_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod admin;
 mod agent;
 mod args;
 mod audit;
+mod authority;
 mod dev;
 mod files;
 mod output;
@@ -130,6 +131,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node(c) => admin::node(c, out).await,
         Command::Audit(c) => audit::run(c, out).await,
         Command::Policy(c) => policy::run(c, out).await,
+        Command::Authority(c) => authority::run(c, out).await,
         Command::Bundle(c) => admin::bundle(c, out).await,
         Command::X509(c) => admin::x509(c, out).await,
         Command::Jwt(JwtCmd::Mint {

@@ -36,6 +36,8 @@ pub struct BundleSet {
     pub federated: Vec<Bundle>,
     /// The CRL and the revoked serials and `jti`s (see `revoke`).
     pub revocations: std::sync::Arc<crate::revoke::Published>,
+    /// Tainted authorities (see `authority`).
+    pub tainted: std::sync::Arc<crate::authority::Tainted>,
 }
 
 impl ServerState {

@@ -12,6 +12,7 @@
 //! - `attest/`: node attestation: the exchange (`flow`) and the attestors (`join_token`,
 //!   `x509pop`); `rate_limit`: attestations per source address.
 //! - `audit/`: the audit journal (group-committed writes, the checkpoint key, verify).
+//! - `authority`: authority rotation on demand (prepare, activate, taint, revoke).
 //! - `auth`: who is calling (an agent's current SVID, every mTLS call).
 //! - `governance`: owner, purpose and lifetime rules at entry creation; break-glass limits.
 //! - `registry`: entry writes (store, index, broadcast), node eviction and bans, join tokens.
@@ -37,6 +38,7 @@ pub(crate) mod attest;
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod authorise;
+pub(crate) mod authority;
 pub(crate) mod background;
 pub mod bundles;
 pub mod client;

@@ -203,6 +203,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         revocations,
         policy,
     });
+    state.publish_tainted();
     if let Err(e) = state.refresh_revocations().await {
         tracing::error!(error = %e, "could not sign the CRL; revoked serials are still sent to agents");
     }

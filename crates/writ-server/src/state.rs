@@ -123,6 +123,7 @@ impl ServerState {
             own: p.own,
             federated: p.federated,
             revocations: Arc::default(),
+            tainted: Arc::default(),
         });
         p.metrics
             .entries

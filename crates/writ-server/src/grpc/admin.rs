@@ -494,6 +494,13 @@ impl Admin for AdminApi {
         self.governance_show_policy(req).await
     }
 
+    async fn authority(
+        &self,
+        req: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthorityResponse>, Status> {
+        self.governance_authority(req).await
+    }
+
     async fn check_policy(
         &self,
         req: Request<pb::CheckPolicyRequest>,

@@ -202,6 +202,49 @@ impl AdminApi {
             }
         }))
     }
+
+    pub(super) async fn governance_authority(
+        &self,
+        req: Request<pb::AuthorityRequest>,
+    ) -> Result<Response<pb::AuthorityResponse>, Status> {
+        let r = req.get_ref();
+        let kind = match r.kind.as_str() {
+            "x509" => writ_ca::AuthorityKind::X509,
+            "jwt" => writ_ca::AuthorityKind::Jwt,
+            k => {
+                return Err(Status::invalid_argument(format!(
+                    "kind `{k}` is not x509 or jwt"
+                )))
+            }
+        };
+        let action = crate::authority::AuthorityAction::parse(&r.action).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "action `{}` is not show, prepare, activate, taint or revoke",
+                r.action
+            ))
+        })?;
+        let needs_key = matches!(
+            action,
+            crate::authority::AuthorityAction::Taint | crate::authority::AuthorityAction::Revoke
+        );
+        if needs_key && r.key_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "key_id is required to taint or revoke",
+            ));
+        }
+        let (all, changed) = self
+            .state
+            .authority_action(kind, action, &r.key_id, operator(&req))
+            .await
+            .map_err(|e| match e {
+                writ_ca::CaError::Authority(m) => Status::failed_precondition(m),
+                other => Status::internal(other.to_string()),
+            })?;
+        Ok(Response::new(pb::AuthorityResponse {
+            authorities: all.iter().map(authority_pb).collect(),
+            changed: changed.as_ref().map(authority_pb),
+        }))
+    }
 }
 
 fn revoked_pb(id: &str, r: &crate::revoke::Revoked) -> pb::RevokedCredential {
@@ -211,5 +254,24 @@ fn revoked_pb(id: &str, r: &crate::revoke::Revoked) -> pb::RevokedCredential {
         expires_at: r.expires_at,
         revoked_at: r.revoked_at,
         reason: r.reason.clone(),
+    }
+}
+
+fn authority_pb(a: &writ_ca::AuthorityInfo) -> pb::AuthorityInfo {
+    pb::AuthorityInfo {
+        kind: match a.kind {
+            writ_ca::AuthorityKind::X509 => "x509".into(),
+            writ_ca::AuthorityKind::Jwt => "jwt".into(),
+        },
+        key_id: a.key_id.clone(),
+        state: match a.state {
+            writ_ca::SlotState::Prepared => "prepared".into(),
+            writ_ca::SlotState::Active => "active".into(),
+            writ_ca::SlotState::Old => "old".into(),
+        },
+        tainted: a.tainted,
+        public_id: a.public_id.clone(),
+        not_before: a.not_before,
+        not_after: a.not_after,
     }
 }

@@ -59,6 +59,8 @@ fn bundles_pb(b: &BundleSet) -> Result<pb::WatchBundlesResponse, Status> {
             .map(bundle_to_pb)
             .collect::<Result<_, _>>()?,
         crl: b.revocations.crl.clone(),
+        tainted_x509: b.tainted.x509.clone(),
+        tainted_jwt_kids: b.tainted.jwt.clone(),
         revoked_serials: b.revocations.serials.clone(),
         revoked_jwts: b
             .revocations
