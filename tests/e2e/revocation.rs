@@ -264,3 +264,47 @@ fn a_revoked_jwt_is_refused_by_validate_until_it_expires() {
     assert_ne!(jti_of(&next), jti);
     a.cli(&["jwt", "validate", "--audience", "db", &next]).ok();
 }
+
+#[test]
+fn banning_a_node_revokes_what_it_was_issued_and_nothing_else() {
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    let b = TestAgent::start(&s, "b");
+    let uid = format!("unix:uid:{}", my_uid());
+    // One entry served through both nodes (an alias both hold), one through each.
+    for (id, parent) in [
+        ("spiffe://example.org/web", "spiffe://example.org/node/a"),
+        ("spiffe://example.org/db", "spiffe://example.org/node/b"),
+    ] {
+        s.cli_json(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--parent-id",
+            parent,
+            "--selector",
+            &uid,
+        ]);
+    }
+    let sa = eventually("a serves", Duration::from_secs(30), || served(&a));
+    let sb = eventually("b serves", Duration::from_secs(30), || served(&b));
+    let agent_a = a.health().unwrap().agent_id;
+    s.cli_json(&["node", "ban", &agent_a]);
+    let crl = s.cli_json(&["bundle", "show", "--crl"]);
+    let ids: Vec<&str> = crl["revoked_x509"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&sa["serial"].as_str().unwrap()), "{crl}");
+    assert!(!ids.contains(&sb["serial"].as_str().unwrap()), "{crl}");
+    assert!(
+        crl["revoked_x509"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node banned"),
+        "{crl}"
+    );
+}

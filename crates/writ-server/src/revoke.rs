@@ -148,6 +148,13 @@ pub(crate) enum Target {
     SpiffeId(String),
     /// Every outstanding X509-SVID (and JWT-SVID) of an entry.
     Entry(String),
+    /// Those of an entry issued to one agent (a banned node's).
+    EntryOfAgent {
+        /// The entry.
+        entry: String,
+        /// The agent's SPIFFE ID.
+        agent: String,
+    },
 }
 
 /// The revocation state the server holds.
@@ -184,10 +191,21 @@ fn check_reason(reason: &str) -> Result<(), RevokeError> {
 impl ServerState {
     /// Issued credentials of `kind` the journal lists for `query`.
     fn issued(&self, query: AuditQuery<'_>, kind: &str) -> Result<Vec<Issued>, RevokeError> {
+        self.issued_to(query, kind, None)
+    }
+
+    /// [`ServerState::issued`], only what was issued to `agent` when given.
+    fn issued_to(
+        &self,
+        query: AuditQuery<'_>,
+        kind: &str,
+        agent: Option<&str>,
+    ) -> Result<Vec<Issued>, RevokeError> {
         if !self.cfg.audit_enabled {
             return Err(RevokeError::NoJournal);
         }
-        let keep = |r: &Record| r.kind == kind;
+        let keep =
+            |r: &Record| r.kind == kind && agent.is_none_or(|a| r.actor.id.as_deref() == Some(a));
         let recs = self.audit.scan(query, 0, MAX_PER_CALL + 1, &keep)?;
         Ok(recs
             .into_iter()
@@ -232,6 +250,11 @@ impl ServerState {
             Target::Entry(e) => (
                 self.issued(AuditQuery::Entry(e), kinds::X509_ISSUED)?,
                 self.issued(AuditQuery::Entry(e), kinds::JWT_ISSUED)?,
+                None,
+            ),
+            Target::EntryOfAgent { entry, agent } => (
+                self.issued_to(AuditQuery::Entry(entry), kinds::X509_ISSUED, Some(agent))?,
+                self.issued_to(AuditQuery::Entry(entry), kinds::JWT_ISSUED, Some(agent))?,
                 None,
             ),
         };
@@ -291,6 +314,9 @@ impl ServerState {
                 Target::Serial(s) => format!("serial `{s}`"),
                 Target::SpiffeId(id) => format!("`{id}`"),
                 Target::Entry(e) => format!("entry `{e}`"),
+                Target::EntryOfAgent { entry, agent } => {
+                    format!("entry `{entry}` on agent `{agent}`")
+                }
             };
             return Err(RevokeError::NothingOutstanding(what));
         }

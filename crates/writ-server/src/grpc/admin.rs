@@ -322,7 +322,31 @@ impl Admin for AdminApi {
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::AttestedNode>, Status> {
         let id = parse_id("spiffe_id", &req.get_ref().spiffe_id)?;
+        // What the node may serve, taken before the ban: its outstanding SVIDs are revoked.
+        let held = self
+            .state
+            .get_node(&id)
+            .map(|n| self.state.authorized(&n).2)
+            .unwrap_or_default();
         let n = self.state.ban_node(&id)?;
+        if self.state.cfg.audit_enabled {
+            for e in held {
+                let t = crate::revoke::Target::EntryOfAgent {
+                    entry: e.id.clone(),
+                    agent: id.to_string(),
+                };
+                match self
+                    .state
+                    .revoke_x509(t, "privilege_withdrawn (node banned)", operator(&req))
+                    .await
+                {
+                    Ok(_) | Err(crate::revoke::RevokeError::NothingOutstanding(_)) => {}
+                    Err(err) => {
+                        tracing::error!(node = %id, error = %err, "could not revoke the banned node's SVIDs")
+                    }
+                }
+            }
+        }
         self.state
             .audit
             .note(vec![events::node_removed(operator(&req), &n, true)])
