@@ -7,19 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
+use super::support::*;
 use serde_json::Value;
 use writ_testkit::*;
-
-/// The `jti` claim of a compact JWT (decoded here, not by writ).
-fn jti_of(token: &str) -> String {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    v["jti"].as_str().expect("JWT-SVIDs carry a jti").to_owned()
-}
 
 /// The serial of the first certificate in a PEM chain, lowercase hex (parsed by x509-parser).
 fn serial_of_pem(pem_text: &str) -> String {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::support::*;
 use serde_json::Value;
 use writ_testkit::*;
 
@@ -25,11 +26,6 @@ fn aki_of_pem(pem_text: &str) -> String {
         }
     }
     panic!("no AKI")
-}
-
-fn served(a: &TestAgent) -> Option<Value> {
-    let r = a.cli(&["svid", "fetch", "--output", "json"]);
-    (r.code == 0).then(|| r.json()["svids"][0].clone())
 }
 
 fn key_in(v: &Value, state: &str) -> (String, String) {

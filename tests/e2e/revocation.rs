@@ -8,31 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
-use serde_json::Value;
+use super::support::*;
 use writ_testkit::*;
-
-fn web_entry(s: &TestServer) -> String {
-    let uid = format!("unix:uid:{}", my_uid());
-    s.cli_json(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/web",
-        "--parent-id",
-        "spiffe://example.org/node/a",
-        "--selector",
-        &uid,
-    ])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn served(a: &TestAgent) -> Option<Value> {
-    let r = a.cli(&["svid", "fetch", "--output", "json"]);
-    (r.code == 0).then(|| r.json()["svids"][0].clone())
-}
 
 fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
     let o = Command::new("openssl")
@@ -208,15 +185,6 @@ fn a_revoked_svid_is_dropped_and_refused_by_independent_verifiers() {
         Duration::from_secs(30),
         || served(&a).is_none().then_some(()),
     );
-}
-
-fn jti_of(token: &str) -> String {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    v["jti"].as_str().unwrap().to_owned()
 }
 
 #[test]

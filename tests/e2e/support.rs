@@ -47,3 +47,38 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+/// The `jti` claim of a compact JWT (decoded here, not by writ).
+pub(crate) fn jti_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["jti"].as_str().expect("JWT-SVIDs carry a jti").to_owned()
+}
+
+/// The first SVID the agent serves this process, as `writ svid fetch --output json` prints it.
+pub(crate) fn served(a: &writ_testkit::TestAgent) -> Option<serde_json::Value> {
+    let r = a.cli(&["svid", "fetch", "--output", "json"]);
+    (r.code == 0).then(|| r.json()["svids"][0].clone())
+}
+
+/// `spiffe://example.org/web` for this process's uid under node alias `a`; its entry ID.
+pub(crate) fn web_entry(s: &writ_testkit::TestServer) -> String {
+    let uid = format!("unix:uid:{}", writ_testkit::my_uid());
+    s.cli_json(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        "spiffe://example.org/node/a",
+        "--selector",
+        &uid,
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}

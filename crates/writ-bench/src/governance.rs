@@ -3,8 +3,6 @@
 //! that lists the old serial, and `writ audit verify` over a large journal.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use writ_ca::{KeyType, PrivateKey};
@@ -94,31 +92,14 @@ async fn rates(sz: &Sizes, extra: &str) -> (f64, f64) {
         .iter()
         .map(|(c, _, e)| (c.clone(), e.clone()))
         .collect();
-    let signed = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (mut c, reqs, _) in clients {
-        let (signed, secs) = (signed.clone(), sz.secs);
-        tasks.push(tokio::spawn(async move {
-            while start.elapsed().as_secs_f64() < secs {
-                let r = c
-                    .batch_sign_x509(pb::BatchSignX509Request {
-                        requests: reqs.clone(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                signed.fetch_add(
-                    r.results.iter().filter(|x| x.error.is_empty()).count() as u64,
-                    Ordering::Relaxed,
-                );
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let rate = signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let rate = crate::sections::batch_sign_rate(
+        clients
+            .iter()
+            .map(|(c, r, _)| (c.clone(), r.clone()))
+            .collect(),
+        sz.secs,
+    )
+    .await;
     let jwt = crate::sections::mint_rate(jwt_targets, 4, sz.secs).await;
     server.shutdown(Duration::from_secs(2)).await.unwrap();
     (rate, jwt)

@@ -211,32 +211,14 @@ pub async fn issuance(sz: &Sizes) -> Vec<Row> {
             .collect();
         clients.push((c, reqs, e.id));
     }
-    let signed = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (mut c, reqs, _) in clients.clone() {
-        let signed = signed.clone();
-        let secs = sz.secs;
-        tasks.push(tokio::spawn(async move {
-            while start.elapsed().as_secs_f64() < secs {
-                let r = c
-                    .batch_sign_x509(pb::BatchSignX509Request {
-                        requests: reqs.clone(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                signed.fetch_add(
-                    r.results.iter().filter(|x| x.error.is_empty()).count() as u64,
-                    Ordering::Relaxed,
-                );
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let x509_rate = signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let x509_rate = batch_sign_rate(
+        clients
+            .iter()
+            .map(|(c, r, _)| (c.clone(), r.clone()))
+            .collect(),
+        sz.secs,
+    )
+    .await;
 
     // JWT-SVIDs.
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
@@ -339,6 +321,39 @@ pub async fn issuance(sz: &Sizes) -> Vec<Row> {
         )
         .target("~1.0"),
     ]
+}
+
+/// Signed X509-SVIDs per second: each client sends its batch again as soon as it is answered,
+/// for `secs`.
+pub(crate) async fn batch_sign_rate(
+    clients: Vec<(Node, Vec<pb::SignX509Request>)>,
+    secs: f64,
+) -> f64 {
+    let signed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut c, reqs) in clients {
+        let signed = signed.clone();
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed().as_secs_f64() < secs {
+                let r = c
+                    .batch_sign_x509(pb::BatchSignX509Request {
+                        requests: reqs.clone(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                signed.fetch_add(
+                    r.results.iter().filter(|x| x.error.is_empty()).count() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    signed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// MintJwt calls per second from `callers` concurrent callers per (agent, entry).
