@@ -54,6 +54,23 @@ fn the_shipped_schema_parses_and_the_examples_validate() {
 }
 
 #[test]
+fn requests_as_writ_builds_them_conform_to_the_schema() {
+    // `decide` skips request-time validation; this is what makes that safe.
+    for p in [workload("team", "x509pop"), Principal::Operator { uid: 7 }] {
+        for a in [
+            Action::MintX509,
+            Action::MintJwt,
+            Action::MintWit,
+            Action::StartTask,
+        ] {
+            req(a, p.clone(), "spiffe://example.org/a/b", 60, &["x"], NOON)
+                .check_against_schema()
+                .unwrap();
+        }
+    }
+}
+
+#[test]
 fn every_example_rule_allows_and_denies() {
     let b = examples();
     let web = "spiffe://example.org/web";
