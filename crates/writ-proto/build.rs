@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "writ/v1/agent.proto",
         "writ/v1/admin.proto",
         "writ/v1/agent_admin.proto",
+        "writ/task/v1/task.proto",
     ];
     let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
     tonic_prost_build::configure()

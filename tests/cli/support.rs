@@ -46,6 +46,10 @@ pub(crate) const COMMANDS: &[&[&str]] = &[
     &["audit", "trace"],
     &["audit", "verify"],
     &["audit", "export"],
+    &["task", "start"],
+    &["task", "end"],
+    &["task", "list"],
+    &["task", "show"],
     &["helper"],
 ];
 

@@ -16,3 +16,4 @@ mod quickstart;
 mod revocation;
 mod rotation;
 mod support;
+mod tasks;

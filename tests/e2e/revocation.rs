@@ -4,36 +4,10 @@
 //! with the CRL); `writ jwt revoke` makes `ValidateJWTSVID` refuse the token; deleting an entry
 //! revokes its outstanding SVIDs; bad input changes nothing.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use super::support::*;
 use writ_testkit::*;
-
-fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
-    let o = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
-fn pem_ders(text: &str) -> Vec<Vec<u8>> {
-    writ_core::pem::decode_all(text)
-        .unwrap()
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect()
-}
 
 #[test]
 fn a_revoked_svid_is_dropped_and_refused_by_independent_verifiers() {

@@ -1,6 +1,9 @@
 //! Helpers shared by the modules of this suite.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::Command;
+
 pub(crate) fn issuer_of(der: &[u8]) -> Vec<u8> {
     use x509_parser::prelude::*;
     let (_, c) = X509Certificate::from_der(der).unwrap();
@@ -81,4 +84,30 @@ pub(crate) fn web_entry(s: &writ_testkit::TestServer) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// Runs `openssl` in `dir`: success, and stdout + stderr.
+pub(crate) fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// The DER blocks of a PEM text.
+pub(crate) fn pem_ders(text: &str) -> Vec<Vec<u8>> {
+    writ_core::pem::decode_all(text)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
 }

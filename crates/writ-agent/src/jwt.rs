@@ -31,6 +31,14 @@ impl JwtMinter {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
+    /// The session's server connection, if there is one now (shared with the task service).
+    pub(crate) fn client(&self) -> Option<Node> {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Keeps only the cached tokens `keep` approves.
     pub(crate) fn retain(&self, keep: impl Fn(&Key) -> bool) {
         self.cache

@@ -17,8 +17,9 @@ use crate::config::AgentConfig;
 use crate::conn::{accept_loop, workload_incoming, Attestation};
 use crate::state::{AgentError, AgentState};
 use crate::view::WorkloadView;
-use crate::workload_api::WorkloadApi;
+use crate::workload_api::{TasksApi, WorkloadApi};
 use crate::workload_attest::KindFilter;
+use writ_proto::task::tasks_server::TasksServer;
 
 /// A started agent.
 pub struct RunningAgent {
@@ -106,12 +107,18 @@ pub async fn start(
     let wl = SpiffeWorkloadApiServer::new(WorkloadApi::new(state.view.clone()))
         .max_decoding_message_size(64 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
+    // Task identities share the socket (and the kernel attestation) but not the SPIFFE
+    // service: `writ.task.v1.Tasks` is writ's own.
+    let task_api = TasksServer::new(TasksApi::new(state.view.clone()))
+        .max_decoding_message_size(64 * 1024)
+        .max_encoding_message_size(4 * 1024 * 1024);
     let rx = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(32)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(wl)
+            .add_service(task_api)
             .serve_with_incoming_shutdown(
                 workload_incoming(workload_listener, limits, attestation),
                 shutdown(rx),

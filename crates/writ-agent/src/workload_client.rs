@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use writ_proto::task::tasks_client::TasksClient as TasksApiClient;
 use writ_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// A client that sends the security header.
@@ -54,23 +55,44 @@ fn add_header(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::St
     Ok(r)
 }
 
-/// Connects to the Workload API at `addr` (or `SPIFFE_ENDPOINT_SOCKET` when `None`).
-pub async fn connect(addr: Option<&str>) -> Result<WorkloadClient, ClientError> {
+/// A `writ.task.v1.Tasks` client on the Workload API socket, with the security header.
+pub type TasksClient = TasksApiClient<
+    InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// A channel to the socket at `addr` (or `SPIFFE_ENDPOINT_SOCKET` when `None`).
+async fn channel(addr: Option<&str>) -> Result<Channel, ClientError> {
     let addr = match addr {
         Some(a) => a.to_owned(),
         None => std::env::var("SPIFFE_ENDPOINT_SOCKET").map_err(|_| ClientError::NoAddress)?,
     };
     let path = socket_path(&addr)?;
-    let channel =
-        writ_tls::socket::channel(&path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+    writ_tls::socket::channel(&path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.clone(),
+            source,
+        })
+}
+
+/// Connects to the Workload API at `addr` (or `SPIFFE_ENDPOINT_SOCKET` when `None`).
+pub async fn connect(addr: Option<&str>) -> Result<WorkloadClient, ClientError> {
     let f: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = add_header;
-    Ok(SpiffeWorkloadApiClient::with_interceptor(channel, f)
-        .max_decoding_message_size(64 * 1024 * 1024))
+    Ok(
+        SpiffeWorkloadApiClient::with_interceptor(channel(addr).await?, f)
+            .max_decoding_message_size(64 * 1024 * 1024),
+    )
+}
+
+/// Connects to the task service on the Workload API socket at `addr` (or
+/// `SPIFFE_ENDPOINT_SOCKET` when `None`).
+pub async fn connect_tasks(addr: Option<&str>) -> Result<TasksClient, ClientError> {
+    let f: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = add_header;
+    Ok(TasksApiClient::with_interceptor(channel(addr).await?, f)
+        .max_decoding_message_size(4 * 1024 * 1024))
 }
 
 #[cfg(test)]

@@ -128,6 +128,7 @@ fn decision_latency(n: usize, iters: usize) -> (f64, f64) {
         spiffe_id: "spiffe://example.org/web".into(),
         ttl: 3600,
         audiences: vec![],
+        purpose: String::new(),
         now: 1_800_000_000,
     };
     let mut v = Vec::with_capacity(iters);

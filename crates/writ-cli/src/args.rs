@@ -83,6 +83,9 @@ pub(crate) enum Command {
     /// The CA's X.509 authorities and JWT keys: rotation on demand.
     #[command(subcommand)]
     Authority(AuthorityCmd),
+    /// Task identities: short-lived identities a workload starts for one task of its own.
+    #[command(subcommand)]
+    Task(TaskCmd),
     /// Sidecar that keeps SVID files fresh.
     Helper {
         /// Helper config file (TOML).
@@ -221,6 +224,26 @@ pub(crate) struct EntryFields {
     /// Why break-glass is used (with `--break-glass`).
     #[arg(long, requires = "break_glass")]
     pub(crate) reason: Option<String>,
+    /// Let a workload holding this identity start task identities
+    /// (`<spiffe-id>/task/<id>`): `max_ttl=DUR,max_active=N,audiences=a|b`; `none` removes it.
+    #[arg(long, value_parser = parse_delegate)]
+    pub(crate) delegate: Option<DelegateArg>,
+}
+
+/// `--delegate`: a delegation, or `none` to remove one.
+#[derive(Debug, Clone)]
+pub(crate) enum DelegateArg {
+    /// Set.
+    Set(writ_core::Delegation),
+    /// Remove.
+    None,
+}
+
+fn parse_delegate(s: &str) -> Result<DelegateArg, String> {
+    if s.trim() == "none" {
+        return Ok(DelegateArg::None);
+    }
+    writ_core::Delegation::parse(s).map(DelegateArg::Set)
 }
 
 /// Access review filters for `entry list`.
@@ -608,6 +631,63 @@ pub(crate) enum JwtCmd {
         token: String,
         #[command(flatten)]
         timeout: WorkloadTimeout,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskCmd {
+    /// Starts a task identity (`<this workload's SPIFFE ID>/task/<id>`) and prints it with its
+    /// credentials, writes them to `--out-dir`, or runs `--exec` with them and ends the task
+    /// when the command exits.
+    Start {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// What the task is for (required; journalled and given to policy).
+        #[arg(long)]
+        purpose: String,
+        /// Lifetime (default: as long as allowed).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// JWT-SVID audience; repeat for several (default: all the task may have).
+        #[arg(long = "audience")]
+        audience: Vec<String>,
+        /// Credentials: x509, jwt (comma-separated or repeated; default x509).
+        #[arg(long, value_delimiter = ',')]
+        want: Vec<String>,
+        /// Start a sub-task of this running task (it only narrows).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Which of this workload's identities starts it (when several may).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Write svid.pem, svid.key, bundle.pem, jwt here (a 0700 directory).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Run this command with the task's credentials, then end the task.
+        #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+        exec: Vec<String>,
+    },
+    /// Ends a task: everything it and its sub-tasks hold is revoked at once.
+    End {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Task ID.
+        id: String,
+        /// Why (journalled).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// This workload's tasks (running, and ended in the last day).
+    List {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+    },
+    /// One task of this workload.
+    Show {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Task ID.
+        id: String,
     },
 }
 

@@ -14,6 +14,7 @@ mod output;
 mod policy;
 mod server;
 mod signals;
+mod task;
 mod workload;
 
 use std::process::ExitCode;
@@ -132,6 +133,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(c) => audit::run(c, out).await,
         Command::Policy(c) => policy::run(c, out).await,
         Command::Authority(c) => authority::run(c, out).await,
+        Command::Task(c) => task::run(c, out).await,
         Command::Bundle(c) => admin::bundle(c, out).await,
         Command::X509(c) => admin::x509(c, out).await,
         Command::Jwt(JwtCmd::Mint {

@@ -39,6 +39,11 @@ pub(crate) fn entry_json(e: &Entry) -> Value {
         "purpose": e.purpose,
         "break_glass": e.break_glass,
         "break_glass_reason": e.break_glass_reason,
+        "delegate": e.delegate.as_ref().map(|d| json!({
+            "max_ttl": d.max_ttl,
+            "max_active": d.max_active,
+            "audiences": d.audiences,
+        })),
         "created_at": rfc3339(e.created_at),
         "revision": e.revision,
     })
@@ -91,6 +96,14 @@ pub(crate) fn entry_text(e: &Entry) -> String {
     }
     if e.break_glass {
         s += &format!("BREAK-GLASS   : {}\n", e.break_glass_reason);
+    }
+    if let Some(d) = &e.delegate {
+        s += &format!(
+            "Delegate      : max_ttl={}s,max_active={},audiences={}\n",
+            d.max_ttl,
+            d.max_active,
+            d.audiences.join("|")
+        );
     }
     s += &format!(
         "Created at    : {}\nRevision      : {}\n",

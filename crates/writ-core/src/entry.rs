@@ -89,6 +89,10 @@ pub struct Entry {
     /// Why break-glass was used (required when `break_glass`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub break_glass_reason: String,
+    /// Whether, and how far, a workload holding this identity may start task identities
+    /// (`<spiffe_id>/task/<id>`) through its agent. None: it may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<Delegation>,
     /// When the entry was created (unix seconds).
     #[serde(default)]
     pub created_at: i64,
@@ -139,6 +143,110 @@ pub enum EntryError {
     /// A federated trust domain equal to our own.
     #[error("federates_with names the server's own trust domain `{0}`")]
     SelfFederation(String),
+    /// A delegation setting out of range.
+    #[error("delegate: {0}")]
+    BadDelegation(String),
+}
+
+/// Most audiences a delegation may list.
+pub const MAX_DELEGATE_AUDIENCES: usize = 32;
+/// Longest task lifetime a delegation may allow (one day: tasks are short by design).
+pub const MAX_TASK_TTL: u64 = 86_400;
+/// Most tasks one entry may allow at once.
+pub const MAX_TASKS_PER_ENTRY: u32 = 100_000;
+
+/// What a workload holding an entry may hand to task identities (contract:
+/// `--delegate max_ttl=DUR,max_active=N,audiences=a|b`). Every task is narrower than this and
+/// than the identity that starts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    /// Longest task lifetime, seconds.
+    pub max_ttl: u64,
+    /// Most tasks running at once under the entry (over all its agents).
+    pub max_active: u32,
+    /// The JWT-SVID audiences tasks may ask for; empty: tasks get no JWT-SVIDs.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+impl Delegation {
+    /// Parses `max_ttl=10m,max_active=100,audiences=a|b` (every key optional but `max_ttl`;
+    /// `max_active` defaults to 100).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut d = Delegation {
+            max_ttl: 0,
+            max_active: 100,
+            audiences: Vec::new(),
+        };
+        let mut seen_ttl = false;
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            match k.trim() {
+                "max_ttl" => {
+                    d.max_ttl = crate::duration::parse_duration(v.trim())
+                        .map_err(|e| format!("max_ttl: {e}"))?
+                        .as_secs();
+                    seen_ttl = true;
+                }
+                "max_active" => {
+                    d.max_active = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("max_active: `{v}` is not a whole number"))?;
+                }
+                "audiences" => {
+                    d.audiences = v
+                        .split('|')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` (expected max_ttl, max_active, audiences)"
+                    ))
+                }
+            }
+        }
+        if !seen_ttl {
+            return Err("max_ttl is required (e.g. max_ttl=10m)".into());
+        }
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_ttl == 0 || self.max_ttl > MAX_TASK_TTL {
+            return Err(format!(
+                "max_ttl must be between 1s and {MAX_TASK_TTL}s, not {}s",
+                self.max_ttl
+            ));
+        }
+        if self.max_active == 0 || self.max_active > MAX_TASKS_PER_ENTRY {
+            return Err(format!(
+                "max_active must be between 1 and {MAX_TASKS_PER_ENTRY}, not {}",
+                self.max_active
+            ));
+        }
+        if self.audiences.len() > MAX_DELEGATE_AUDIENCES {
+            return Err(format!(
+                "too many audiences ({}, at most {MAX_DELEGATE_AUDIENCES})",
+                self.audiences.len()
+            ));
+        }
+        for a in &self.audiences {
+            if a.is_empty() || a.len() > 1024 || a.chars().any(|c| c.is_control() || c == '|') {
+                return Err(format!(
+                    "audience `{a}` is empty, too long or has control characters"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 const MAX_TTL: u64 = 10 * 365 * 86_400;
@@ -164,6 +272,7 @@ impl Entry {
             purpose: String::new(),
             break_glass: false,
             break_glass_reason: String::new(),
+            delegate: None,
             created_at: 0,
             revision: 0,
         }
@@ -221,6 +330,9 @@ impl Entry {
         if let Some(f) = self.federates_with.iter().find(|f| *f == td) {
             return Err(EntryError::SelfFederation(f.to_string()));
         }
+        if let Some(d) = &self.delegate {
+            d.validate().map_err(EntryError::BadDelegation)?;
+        }
         Ok(())
     }
 }
@@ -276,6 +388,7 @@ mod tests {
             purpose: "serves the web".into(),
             break_glass: false,
             break_glass_reason: String::new(),
+            delegate: None,
             created_at: 1,
             revision: 3,
         }

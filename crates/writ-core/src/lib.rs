@@ -35,13 +35,15 @@ pub mod id;
 pub mod node;
 pub mod pem;
 pub mod selector;
+pub mod task;
 
 pub use bundle::{Bundle, BundleError, JwtAuthority, PublicJwk};
 pub use duration::{format_duration, parse_duration, DurationError};
-pub use entry::{is_reserved_id, server_id, Entry, EntryError};
+pub use entry::{is_reserved_id, server_id, Delegation, Entry, EntryError};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use node::{AttestedNode, JoinToken};
 pub use selector::{Selector, SelectorError};
+pub use task::{is_task_id, Task, TaskState};
 
 /// Current time as unix seconds.
 ///

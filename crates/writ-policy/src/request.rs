@@ -93,6 +93,9 @@ pub struct MintRequest {
     pub audiences: Vec<String>,
     /// Now (unix seconds).
     pub now: i64,
+    /// The task's purpose (`start_task`; empty for other actions).
+    #[serde(default)]
+    pub purpose: String,
 }
 
 /// The answer, with its reasons.
@@ -231,6 +234,7 @@ impl MintRequest {
                 RestrictedExpression::new_long(weekday),
             ),
             ("origin".to_owned(), s(&origin)),
+            ("purpose".to_owned(), s(&self.purpose)),
         ])
         .map_err(|e| e.to_string())?;
         let action = uid("Writ::Action", self.action.name())?;

@@ -42,6 +42,7 @@ fn req(action: Action, p: Principal, id: &str, ttl: i64, aud: &[&str], now: i64)
         ttl,
         audiences: aud.iter().map(|a| a.to_string()).collect(),
         now,
+        purpose: String::new(),
     }
 }
 
@@ -217,6 +218,35 @@ fn every_example_rule_allows_and_denies() {
         NOON,
     ));
     assert_eq!(d.policies, ["guardrail-own-trust-domain"]);
+
+    // permit-short-tasks-with-purpose
+    let task = "spiffe://example.org/web/task/0123456789abcdef0123456789abcdef";
+    let start = |owner: &str, ttl: i64, purpose: &str| {
+        let mut r = req(
+            Action::StartTask,
+            workload(owner, "x509pop"),
+            task,
+            ttl,
+            &[],
+            NOON,
+        );
+        r.purpose = purpose.into();
+        decide(r)
+    };
+    let d = start("team-web", 600, "summarise ticket 42");
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.policies, ["permit-short-tasks-with-purpose"]);
+    for (owner, ttl, purpose) in [
+        ("team-web", 3600, "long"),
+        ("", 60, "no owner"),
+        ("team-web", 60, ""),
+    ] {
+        let d = start(owner, ttl, purpose);
+        assert!(
+            !d.allowed && d.policies.is_empty(),
+            "{owner} {ttl} {purpose}: {d:?}"
+        );
+    }
 }
 
 #[test]

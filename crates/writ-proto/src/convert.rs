@@ -5,7 +5,7 @@
 
 use crate::v1 as pb;
 use tonic::Status;
-use writ_core::{AttestedNode, Bundle, Entry, Selector, SpiffeId, TrustDomain};
+use writ_core::{AttestedNode, Bundle, Delegation, Entry, Selector, SpiffeId, Task, TrustDomain};
 
 /// An `InvalidArgument` naming the field.
 pub fn invalid(field: &str, err: impl std::fmt::Display) -> Status {
@@ -36,6 +36,11 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         purpose: e.purpose.clone(),
         break_glass: e.break_glass,
         break_glass_reason: e.break_glass_reason.clone(),
+        delegate: e.delegate.as_ref().map(|d| pb::Delegation {
+            max_ttl: d.max_ttl as i64,
+            max_active: d.max_active,
+            audiences: d.audiences.clone(),
+        }),
         created_at: e.created_at,
         revision: e.revision,
     }
@@ -71,6 +76,17 @@ pub fn entry_from_pb(p: &pb::Entry) -> Result<Entry, Status> {
         purpose: p.purpose.clone(),
         break_glass: p.break_glass,
         break_glass_reason: p.break_glass_reason.clone(),
+        delegate: p
+            .delegate
+            .as_ref()
+            .map(|d| -> Result<Delegation, Status> {
+                Ok(Delegation {
+                    max_ttl: ttl("delegate.max_ttl", d.max_ttl)?,
+                    max_active: d.max_active,
+                    audiences: d.audiences.clone(),
+                })
+            })
+            .transpose()?,
         created_at: p.created_at,
         revision: p.revision,
     })
@@ -137,4 +153,40 @@ pub fn bundle_to_pb(b: &Bundle) -> Result<pb::Bundle, Status> {
 pub fn bundle_from_pb(p: &pb::Bundle) -> Result<Bundle, Status> {
     let td = TrustDomain::new(&p.trust_domain).map_err(|e| invalid("trust_domain", e))?;
     Bundle::from_json(td, &p.spiffe_bundle_json).map_err(|e| invalid("bundle", e))
+}
+
+/// Core task -> proto, with its state at `now`.
+pub fn task_to_pb(t: &Task, now: i64) -> pb::Task {
+    pb::Task {
+        id: t.id.clone(),
+        spiffe_id: t.spiffe_id.to_string(),
+        owner: t.owner.to_string(),
+        entry_id: t.entry_id.clone(),
+        parent_task_id: t.parent_task_id.clone().unwrap_or_default(),
+        agent: t.agent.to_string(),
+        purpose: t.purpose.clone(),
+        audiences: t.audiences.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        ended_at: t.ended_at.unwrap_or(0),
+        end_reason: t.end_reason.clone(),
+        state: t.state(now).as_str().to_owned(),
+    }
+}
+
+/// Node-protocol task -> Workload-socket task (what a workload may see of it).
+pub fn task_info(t: &pb::Task) -> crate::task::TaskInfo {
+    crate::task::TaskInfo {
+        id: t.id.clone(),
+        spiffe_id: t.spiffe_id.clone(),
+        owner: t.owner.clone(),
+        parent_task_id: t.parent_task_id.clone(),
+        purpose: t.purpose.clone(),
+        audiences: t.audiences.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        ended_at: t.ended_at,
+        end_reason: t.end_reason.clone(),
+        state: t.state.clone(),
+    }
 }

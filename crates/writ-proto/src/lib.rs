@@ -18,6 +18,12 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/writ.v1.rs"));
 }
 
+/// Task identities on the Workload API socket (`writ.task.v1.Tasks`).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod task {
+    include!(concat!(env!("OUT_DIR"), "/writ.task.v1.rs"));
+}
+
 /// Conversions between writ-core types and `writ.v1` messages.
 pub mod convert;
 

@@ -61,6 +61,7 @@ pub mod run;
 pub(crate) mod signing;
 pub mod state;
 pub(crate) mod sync;
+pub(crate) mod tasks;
 
 pub use audit::AuditError;
 pub use bundles::BundleSet;

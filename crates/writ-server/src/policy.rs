@@ -213,6 +213,7 @@ impl ServerState {
             ttl: self.x509_ttl(entry),
             audiences: Vec::new(),
             now: writ_core::now_unix(),
+            purpose: String::new(),
         };
         req.decide(&cur.bundle).allowed
     }
@@ -308,6 +309,8 @@ pub(crate) struct CheckRequest {
     audiences: Vec<String>,
     #[serde(default)]
     now: Option<i64>,
+    #[serde(default)]
+    purpose: String,
 }
 
 impl ServerState {
@@ -351,6 +354,7 @@ impl ServerState {
             ttl: c.ttl.unwrap_or(self.cfg.default_x509_svid_ttl),
             audiences: c.audiences,
             now: c.now.unwrap_or_else(writ_core::now_unix),
+            purpose: c.purpose,
         })
     }
 }

@@ -155,6 +155,8 @@ pub(crate) enum Target {
         /// The agent's SPIFFE ID.
         agent: String,
     },
+    /// Everything issued to a task (X509-SVIDs and JWT-SVIDs).
+    Task(String),
 }
 
 /// The revocation state the server holds.
@@ -257,6 +259,11 @@ impl ServerState {
                 self.issued_to(AuditQuery::Entry(entry), kinds::JWT_ISSUED, Some(agent))?,
                 None,
             ),
+            Target::Task(t) => (
+                self.issued(AuditQuery::Task(t), kinds::X509_ISSUED)?,
+                self.issued(AuditQuery::Task(t), kinds::JWT_ISSUED)?,
+                None,
+            ),
         };
         if let Some(s) = &single {
             if issued.is_empty() {
@@ -317,6 +324,7 @@ impl ServerState {
                 Target::EntryOfAgent { entry, agent } => {
                     format!("entry `{entry}` on agent `{agent}`")
                 }
+                Target::Task(t) => format!("task `{t}`"),
             };
             return Err(RevokeError::NothingOutstanding(what));
         }

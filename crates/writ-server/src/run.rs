@@ -188,6 +188,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             store: store.clone(),
         },
     )?;
+    let tasks = store.list_tasks()?;
     let state = ServerState::new(Parts {
         cfg: cfg.clone(),
         store,
@@ -202,6 +203,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         audit,
         revocations,
         policy,
+        tasks,
     });
     state.publish_tainted();
     if let Err(e) = state.refresh_revocations().await {
@@ -226,6 +228,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         tokio::spawn(background::crl_loop(state.clone())),
         tokio::spawn(background::expiry_loop(state.clone())),
         tokio::spawn(crate::policy::reload_loop(state.clone())),
+        tokio::spawn(crate::tasks::sweep_loop(state.clone())),
     ];
     if let Some(addr) = cfg.metrics_listen {
         let m = state.metrics.clone();

@@ -174,6 +174,7 @@ impl ServerState {
             ttl,
             audiences: audience.to_vec(),
             now: writ_core::now_unix(),
+            purpose: String::new(),
         };
         if let Err(d) = self.decide(&req, &entry.id) {
             let rec =
@@ -398,6 +399,7 @@ fn sign_one(
         ttl,
         audiences: Vec::new(),
         now: writ_core::now_unix(),
+        purpose: String::new(),
     };
     if let Err(d) = st.decide(&req, &e.id) {
         let rec = st.denial_record(writ_audit::Actor::agent(node.spiffe_id.as_str()), &req, &d);

@@ -81,6 +81,8 @@ pub struct ServerState {
     pub(crate) revocations: Revocations,
     /// The Cedar policy set in force (`[policy]`), if any.
     pub(crate) policy: crate::policy::Policies,
+    /// Task identities, running and recently ended.
+    pub(crate) tasks: crate::tasks::TaskBook,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -104,6 +106,7 @@ pub(crate) struct Parts {
     pub(crate) audit: AuditLog,
     pub(crate) revocations: RevocationList,
     pub(crate) policy: crate::policy::Policies,
+    pub(crate) tasks: Vec<writ_core::Task>,
 }
 
 /// A poisoned lock still holds consistent data here (every critical section is a plain
@@ -144,6 +147,7 @@ impl ServerState {
             audit: p.audit,
             revocations: Revocations::new(p.revocations),
             policy: p.policy,
+            tasks: crate::tasks::TaskBook::new(p.tasks),
         })
     }
 

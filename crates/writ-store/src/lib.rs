@@ -20,7 +20,7 @@ mod sled_audit;
 mod sled_store;
 
 use serde::{Deserialize, Serialize};
-use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
+use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, Task, TrustDomain};
 
 pub use audit::{AuditBatch, AuditQuery, CheckpointSigner};
 pub use sled_store::SledStore;
@@ -243,4 +243,11 @@ pub trait Store: Send + Sync {
     fn put_revocations(&self, list: &[u8]) -> Result<(), StoreError>;
     /// The revocation list, if one was stored.
     fn get_revocations(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Creates or replaces a task record, durably before returning.
+    fn put_task(&self, task: &Task) -> Result<(), StoreError>;
+    /// Every task record kept.
+    fn list_tasks(&self) -> Result<Vec<Task>, StoreError>;
+    /// Forgets task records (long ended or expired), durably.
+    fn delete_tasks(&self, ids: &[String]) -> Result<(), StoreError>;
 }

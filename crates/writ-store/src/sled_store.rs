@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
-use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
+use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, Task, TrustDomain};
 
 use crate::{Change, ChangeKind, EntryFilter, NodeUpdate, Store, StoreError};
 
@@ -34,6 +34,7 @@ pub struct SledStore {
     nodes: Tree,
     tokens: Tree,
     bundles: Tree,
+    tasks: Tree,
     pub(crate) audit: Tree,
     pub(crate) audit_cp: Tree,
     pub(crate) audit_idx: Tree,
@@ -113,6 +114,7 @@ impl SledStore {
             nodes: t("nodes")?,
             tokens: t("tokens")?,
             bundles: t("bundles")?,
+            tasks: t("tasks")?,
             audit: t("audit")?,
             audit_cp: t("audit_cp")?,
             audit_idx: t("audit_idx")?,
@@ -656,5 +658,23 @@ impl Store for SledStore {
 
     fn get_revocations(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.meta.get(REVOCATIONS_KEY)?.map(|v| v.to_vec()))
+    }
+
+    fn put_task(&self, task: &Task) -> Result<(), StoreError> {
+        self.tasks.insert(task.id.as_bytes(), enc(task)?)?;
+        self.flush()
+    }
+
+    fn list_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.tasks.iter().values().map(|v| dec(&v?)).collect()
+    }
+
+    fn delete_tasks(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for id in ids {
+            b.remove(id.as_bytes());
+        }
+        self.tasks.apply_batch(b)?;
+        self.flush()
     }
 }

@@ -22,6 +22,9 @@ use crate::view::WorkloadView;
 
 mod answers;
 mod stream;
+mod tasks;
+
+pub(crate) use tasks::TasksApi;
 
 use answers::{bundles_for, to_struct, x509_answer, X509Answer};
 use stream::{spawn_stream, Stream};
@@ -90,9 +93,24 @@ impl WorkloadApi {
         WorkloadApi { view }
     }
 
-    /// Header check, then the caller's connection and its bound selectors (after checking
-    /// that the connecting process is still the one that was attested).
+    /// See [`caller`].
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        caller(req).await
+    }
+
+    fn matching(&self, selectors: &[Selector]) -> Vec<Entry> {
+        let c = self.view.read();
+        c.matching(selectors, writ_core::now_unix())
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Header check, then the caller's connection and its bound selectors (after checking that
+/// the connecting process is still the one that was attested).
+async fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    {
         check_header(req.metadata())?;
         let identity = req
             .extensions()
@@ -108,14 +126,6 @@ impl WorkloadApi {
             uid: identity.caller.uid,
             identity,
         })
-    }
-
-    fn matching(&self, selectors: &[Selector]) -> Vec<Entry> {
-        let c = self.view.read();
-        c.matching(selectors, writ_core::now_unix())
-            .into_iter()
-            .cloned()
-            .collect()
     }
 }
 

@@ -57,6 +57,7 @@ impl AdminApi {
             ttl,
             audiences: audiences.to_vec(),
             now: writ_core::now_unix(),
+            purpose: String::new(),
         };
         let key = format!("operator:{}", actor.uid.unwrap_or(u32::MAX));
         if let Err(d) = self.state.decide(&mint, &key) {

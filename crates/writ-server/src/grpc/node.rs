@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use writ_ca::MintedSvid;
 use writ_core::SpiffeId;
-use writ_proto::convert::bundle_to_pb;
+use writ_proto::convert::{bundle_to_pb, task_to_pb};
 use writ_proto::v1 as pb;
 use writ_proto::v1::node_server::Node;
 
@@ -228,6 +228,51 @@ impl Node for NodeApi {
             recorded,
             refused,
         }))
+    }
+
+    async fn start_task(
+        &self,
+        req: Request<pb::StartTaskRequest>,
+    ) -> Result<Response<pb::StartTaskResponse>, Status> {
+        let node = caller(&req)?.node;
+        let s = self.state.start_task(&node, req.into_inner()).await?;
+        Ok(Response::new(pb::StartTaskResponse {
+            task: Some(task_to_pb(&s.task, writ_core::now_unix())),
+            cert_chain: s.svid.map(|v| v.chain).unwrap_or_default(),
+            jwt: s.jwt.map(|j| j.token).unwrap_or_default(),
+        }))
+    }
+
+    async fn end_task(
+        &self,
+        req: Request<pb::EndTaskRequest>,
+    ) -> Result<Response<pb::EndTaskResponse>, Status> {
+        let node = caller(&req)?.node;
+        let r = req.get_ref();
+        let (task, revoked) = self
+            .state
+            .end_task(&node, &r.entry_id, &r.task_id, &r.reason)
+            .await?;
+        Ok(Response::new(pb::EndTaskResponse {
+            task: Some(task_to_pb(&task, writ_core::now_unix())),
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let node = caller(&req)?.node;
+        let now = writ_core::now_unix();
+        let tasks = self
+            .state
+            .list_tasks(&node, &req.get_ref().entry_ids)
+            .await
+            .iter()
+            .map(|t| task_to_pb(t, now))
+            .collect();
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
     }
 
     type WatchBundlesStream = Stream<pb::WatchBundlesResponse>;

@@ -18,6 +18,7 @@ use crate::registry::RegistryError;
 use crate::revoke::RevokeError;
 use crate::signing::{is_bad_request, SignError};
 use crate::state::StreamEnd;
+use crate::tasks::TaskError;
 
 /// An Internal status for a server failure, logged with its causes.
 fn internal(what: &str, e: &dyn std::error::Error) -> Status {
@@ -182,6 +183,22 @@ impl From<StreamEnd> for Status {
             StreamEnd::NodeGone => Status::permission_denied(e.to_string()),
             StreamEnd::Shutdown => Status::unavailable(e.to_string()),
             StreamEnd::AgentGone => Status::cancelled(e.to_string()),
+        }
+    }
+}
+
+impl From<TaskError> for Status {
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            TaskError::NoDelegation(_) => Status::permission_denied(e.to_string()),
+            TaskError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+            TaskError::NotFound(_) => Status::not_found(e.to_string()),
+            TaskError::NotActive { .. } | TaskError::NoJournal => {
+                Status::failed_precondition(e.to_string())
+            }
+            TaskError::Sign(s) => s.into(),
+            TaskError::Revoke(r) => r.into(),
         }
     }
 }
