@@ -77,22 +77,34 @@ async fn workload_api_rules_and_bad_input() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{hv:?}");
     }
-    // WIT methods are optional and not implemented.
+    // WIT methods follow the same header rule, and check their arguments.
+    for hv in [&[][..], &["false"], &["true", "true"]] {
+        let err = c
+            .fetch_witsvid(with_header(
+                wl::WitsvidRequest {
+                    spiffe_id: String::new(),
+                },
+                hv,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{hv:?}");
+        let err = c
+            .fetch_wit_bundles(with_header(wl::WitBundlesRequest {}, hv))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{hv:?}");
+    }
     let err = c
         .fetch_witsvid(with_header(
             wl::WitsvidRequest {
-                spiffe_id: String::new(),
+                spiffe_id: "not-an-id".into(),
             },
             &["true"],
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    let err = c
-        .fetch_wit_bundles(with_header(wl::WitBundlesRequest {}, &["true"]))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::InvalidArgument);
     // JWT arguments.
     let err = c
         .fetch_jwtsvid(with_header(

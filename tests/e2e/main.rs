@@ -17,3 +17,4 @@ mod revocation;
 mod rotation;
 mod support;
 mod tasks;
+mod wit;

@@ -41,6 +41,7 @@ pub(crate) mod signer;
 pub mod state;
 pub(crate) mod sync;
 pub mod view;
+pub(crate) mod wit;
 pub(crate) mod workload_api;
 pub(crate) mod workload_attest;
 pub mod workload_client;

@@ -26,6 +26,10 @@ pub struct WorkloadView {
     pub(crate) jwt: JwtMinter,
     /// What workloads received and validated, on its way to the server's audit journal.
     pub(crate) deliveries: std::sync::Arc<crate::deliveries::Deliveries>,
+    /// WIT-SVIDs for workloads (cache, minting, refresh).
+    pub(crate) wit: crate::wit::WitMinter,
+    /// `jti`s of Workload Proof Tokens checked by `ValidateWIT`, until they expire.
+    pub(crate) wpt_replay: std::sync::Mutex<writ_ca::wit::ReplayCache>,
 }
 
 impl WorkloadView {
@@ -36,6 +40,8 @@ impl WorkloadView {
             connected: AtomicBool::new(false),
             jwt: JwtMinter::default(),
             deliveries: std::sync::Arc::new(deliveries),
+            wit: crate::wit::WitMinter::default(),
+            wpt_replay: std::sync::Mutex::new(writ_ca::wit::ReplayCache::new(100_000)),
         }
     }
 

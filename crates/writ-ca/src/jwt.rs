@@ -70,6 +70,21 @@ impl JwtSigner {
         &self.public
     }
 
+    /// The JWS `alg` this key signs with.
+    pub fn alg(&self) -> &'static str {
+        self.key_type.jws_alg()
+    }
+
+    /// A fixed-width JWS signature over `input`.
+    pub(crate) fn sign_bytes(&self, input: &[u8]) -> Result<Vec<u8>, CaError> {
+        Ok(self
+            .key
+            .sign(&self.rng, input)
+            .map_err(|_| CaError::Signing)?
+            .as_ref()
+            .to_vec())
+    }
+
     /// Signs a JWT-SVID for `sub` and `audience`, valid for `ttl_secs` from `now`.
     /// Returns the token and its `exp`.
     pub fn sign(
@@ -311,6 +326,58 @@ pub fn validate(
         spiffe_id: sub,
         claims,
     })
+}
+
+/// A compact JWS split and decoded: header, claims, the signing input and the signature.
+pub(crate) type Parts = (Map<String, Value>, Map<String, Value>, String, Vec<u8>);
+
+/// Splits and decodes a compact JWS (size-checked).
+pub(crate) fn parts(token: &str) -> Result<Parts, JwtError> {
+    let [h, c, s] = split(token)?;
+    let header = decode_json(h)?;
+    let claims = decode_json(c)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| JwtError::Malformed("signature is not base64url"))?;
+    Ok((
+        header,
+        claims,
+        token[..h.len() + 1 + c.len()].to_owned(),
+        sig,
+    ))
+}
+
+const ALLOWED_ALGS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+];
+
+/// The header's `alg` if it is one SPIFFE allows (never `none` or HMAC).
+pub(crate) fn allowed_alg(header: &Map<String, Value>) -> Result<&'static str, JwtError> {
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(JwtError::Malformed("header has no `alg`"))?;
+    ALLOWED_ALGS
+        .iter()
+        .find(|a| **a == alg)
+        .copied()
+        .ok_or_else(|| JwtError::BadAlgorithm(alg.to_owned()))
+}
+
+/// [`verify_sig`] for the WIT module.
+pub(crate) fn verify_signature(
+    alg: &str,
+    kid: &str,
+    key: &PublicJwk,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), JwtError> {
+    verify_sig(alg, kid, key, msg, sig)
+}
+
+/// [`check_times`] for the WIT module.
+pub(crate) fn check_claim_times(claims: &Map<String, Value>, now: i64) -> Result<(), JwtError> {
+    check_times(claims, now)
 }
 
 /// A NumericDate claim: `None` when absent, refused when not a JSON number. Fractions are

@@ -76,6 +76,16 @@ impl KeyType {
     }
 }
 
+/// PKCS#8 v1 of a P-256 key as ring writes it, up to the private scalar: SEQUENCE { 0,
+/// { id-ecPublicKey, prime256v1 }, OCTET STRING { ECPrivateKey { 1, OCTET STRING (32) ...
+const P256_PKCS8_PREFIX: &[u8] = &[
+    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
+    0x01, 0x01, 0x04, 0x20,
+];
+/// ... then `[1] BIT STRING` of the 65-byte public point.
+const P256_PKCS8_MIDDLE: &[u8] = &[0xa1, 0x44, 0x03, 0x42, 0x00];
+
 /// A private key: its type and PKCS#8 DER. The DER is never logged (Debug hides it).
 #[derive(Clone)]
 pub struct PrivateKey {
@@ -178,6 +188,36 @@ impl PrivateKey {
     /// The uncompressed public point.
     pub fn public_point(&self) -> Result<Vec<u8>, CaError> {
         Ok(self.ring_fixed_key_pair()?.public_key().as_ref().to_vec())
+    }
+
+    /// The private scalar `d` of a P-256 key in the PKCS#8 form ring makes (for a private
+    /// JWK). Other forms are refused rather than guessed at.
+    pub fn ec_scalar(&self) -> Result<Vec<u8>, CaError> {
+        let p = &self.pkcs8;
+        if self.key_type != KeyType::EcP256
+            || p.len() != P256_PKCS8_PREFIX.len() + 32 + P256_PKCS8_MIDDLE.len() + 65
+            || !p.starts_with(P256_PKCS8_PREFIX)
+        {
+            return Err(CaError::BadPrivateKey(
+                "only P-256 keys made by writ can be exported as a JWK".into(),
+            ));
+        }
+        Ok(p[P256_PKCS8_PREFIX.len()..P256_PKCS8_PREFIX.len() + 32].to_vec())
+    }
+
+    /// A P-256 key from its private scalar `d` and uncompressed public point; ring checks that
+    /// they belong together.
+    pub fn from_ec_parts(key_type: KeyType, d: &[u8], point: &[u8]) -> Result<Self, CaError> {
+        if key_type != KeyType::EcP256 || d.len() != 32 || point.len() != 65 {
+            return Err(CaError::BadPrivateKey(
+                "only P-256 keys (32-byte d, 65-byte point) are read from parts".into(),
+            ));
+        }
+        let mut der = P256_PKCS8_PREFIX.to_vec();
+        der.extend_from_slice(d);
+        der.extend_from_slice(P256_PKCS8_MIDDLE);
+        der.extend_from_slice(point);
+        Self::from_pkcs8_der(&der)
     }
 
     /// The DER SubjectPublicKeyInfo.

@@ -6,6 +6,7 @@
 //!   disk) and minting X509-SVIDs from a public key or a CSR.
 //! - [`rotation`]: the prepared / active / old journal for X.509 CAs and JWT keys.
 //! - [`jwt`]: JWT-SVID signing (ES256/ES384) and validation.
+//! - [`wit`]: WIT-SVID signing and validation, Workload Proof Tokens and their replay cache.
 //!
 //! ```
 //! use writ_ca::{x509::build_ca_cert, KeyType, PrivateKey, SvidRequest, X509Authority};
@@ -37,6 +38,7 @@ pub mod keys;
 pub mod rotation;
 pub mod ssh;
 pub mod svid;
+pub mod wit;
 pub mod x509;
 
 pub use authority::{AuthorityInfo, AuthorityKind};

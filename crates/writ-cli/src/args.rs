@@ -83,6 +83,9 @@ pub(crate) enum Command {
     /// The CA's X.509 authorities and JWT keys: rotation on demand.
     #[command(subcommand)]
     Authority(AuthorityCmd),
+    /// WIT-SVIDs (key-bound workload identity tokens) and Workload Proof Tokens.
+    #[command(subcommand)]
+    Wit(WitCmd),
     /// Task identities: short-lived identities a workload starts for one task of its own.
     #[command(subcommand)]
     Task(TaskCmd),
@@ -635,6 +638,61 @@ pub(crate) enum JwtCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum WitCmd {
+    /// Fetches this workload's WIT-SVID and its private key (a JWK) from the Workload API.
+    Fetch {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Only this identity.
+        #[arg(long, value_parser = parse_workload_id)]
+        spiffe_id: Option<SpiffeId>,
+        #[command(flatten)]
+        timeout: WorkloadTimeout,
+    },
+    /// Prints the WIT bundles (JWK Sets, `use` `wit-svid`) per trust domain.
+    Bundle {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+    },
+    /// Makes a Workload Proof Token for one audience with the WIT-SVID's key (fetched from the
+    /// Workload API, or given with --wit and --key) and prints both tokens.
+    Proof {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// The audience (the target's URI).
+        #[arg(long)]
+        audience: String,
+        /// Lifetime of the proof (default 60s, at most 5m).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Only this identity (when fetching).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// A WIT-SVID (e.g. a task's), instead of fetching one.
+        #[arg(long, requires = "key")]
+        wit: Option<String>,
+        /// Its private key, a JWK (JSON).
+        #[arg(long, requires = "wit")]
+        key: Option<String>,
+    },
+    /// Checks a WIT-SVID and its proof for an audience through the agent (keys, revocation,
+    /// replay cache); exit 0 and the claims when valid.
+    Validate {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// The audience the proof must be for.
+        #[arg(long)]
+        audience: String,
+        /// The Workload-Identity-Token.
+        #[arg(long)]
+        wit: String,
+        /// The Workload-Proof-Token.
+        #[arg(long)]
+        wpt: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum TaskCmd {
     /// Starts a task identity (`<this workload's SPIFFE ID>/task/<id>`) and prints it with its
     /// credentials, writes them to `--out-dir`, or runs `--exec` with them and ends the task
@@ -651,7 +709,7 @@ pub(crate) enum TaskCmd {
         /// JWT-SVID audience; repeat for several (default: all the task may have).
         #[arg(long = "audience")]
         audience: Vec<String>,
-        /// Credentials: x509, jwt (comma-separated or repeated; default x509).
+        /// Credentials: x509, jwt, wit (comma-separated or repeated; default x509).
         #[arg(long, value_delimiter = ',')]
         want: Vec<String>,
         /// Start a sub-task of this running task (it only narrows).

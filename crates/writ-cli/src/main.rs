@@ -15,6 +15,7 @@ mod policy;
 mod server;
 mod signals;
 mod task;
+mod wit;
 mod workload;
 
 use std::process::ExitCode;
@@ -134,6 +135,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(c) => policy::run(c, out).await,
         Command::Authority(c) => authority::run(c, out).await,
         Command::Task(c) => task::run(c, out).await,
+        Command::Wit(c) => wit::run(c, out).await,
         Command::Bundle(c) => admin::bundle(c, out).await,
         Command::X509(c) => admin::x509(c, out).await,
         Command::Jwt(JwtCmd::Mint {

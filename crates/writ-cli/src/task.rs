@@ -65,6 +65,8 @@ struct Creds {
     key_pem: String,
     bundle_pem: String,
     jwt: String,
+    wit: String,
+    wit_key: String,
 }
 
 fn creds(r: &tk::StartTaskResponse) -> Result<Creds, CliError> {
@@ -88,6 +90,8 @@ fn creds(r: &tk::StartTaskResponse) -> Result<Creds, CliError> {
         },
         bundle_pem: pem_certs(&r.bundle)?,
         jwt: r.jwt_svid.clone(),
+        wit: r.wit_svid.clone(),
+        wit_key: r.wit_svid_key.clone(),
     })
 }
 
@@ -114,6 +118,8 @@ fn write_files(dir: &Path, c: &Creds) -> Result<(), CliError> {
     w("svid.pem", &c.cert_pem, 0o644)?;
     w("bundle.pem", &c.bundle_pem, 0o644)?;
     w("jwt", &c.jwt, 0o600)?;
+    w("wit", &c.wit, 0o600)?;
+    w("wit.jwk", &c.wit_key, 0o600)?;
     Ok(())
 }
 
@@ -165,6 +171,10 @@ pub(crate) async fn run(cmd: TaskCmd, output: Output) -> Result<(), CliError> {
                         v["bundle_pem"] = json!(cr.bundle_pem);
                     }
                     v["jwt_svid"] = json!(cr.jwt);
+                    if out_dir.is_none() {
+                        v["wit_svid"] = json!(cr.wit);
+                        v["wit_svid_key"] = json!(cr.wit_key);
+                    }
                     out(&format!("{v}\n"));
                 }
                 Output::Human => {
@@ -299,6 +309,11 @@ async fn exec_under(
         command
             .env("WRIT_TASK_JWT", &cr.jwt)
             .env("WRIT_TASK_JWT_FILE", dir.join("jwt"));
+    }
+    if !cr.wit.is_empty() {
+        command
+            .env("WRIT_TASK_WIT_FILE", dir.join("wit"))
+            .env("WRIT_TASK_WIT_KEY_FILE", dir.join("wit.jwk"));
     }
     let result = command.status().await;
     let code = match &result {

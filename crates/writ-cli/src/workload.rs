@@ -34,6 +34,14 @@ pub(crate) async fn within(
     limit: std::time::Duration,
     f: impl std::future::Future<Output = Result<(), CliError>>,
 ) -> Result<(), CliError> {
+    within_value(limit, f).await
+}
+
+/// [`within`] for a call that returns a value.
+pub(crate) async fn within_value<T>(
+    limit: std::time::Duration,
+    f: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
     tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
         Err(CliError::Failed(format!(
             "no answer from the Workload API within {}: the agent holds no SVID for this \

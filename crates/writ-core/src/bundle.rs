@@ -228,6 +228,18 @@ impl PublicJwk {
         }
     }
 
+    /// The JWK members of this key (`kty` and the key parameters), as a JSON object.
+    pub fn to_jwk_map(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        self.write_params(&mut m);
+        m
+    }
+
+    /// Reads the key of a JWK object; `Ok(None)` for a `kty` writ does not know.
+    pub fn from_jwk_map(m: &Map<String, Value>) -> Result<Option<Self>, BundleError> {
+        Self::read_params(0, m)
+    }
+
     fn write_params(&self, m: &mut Map<String, Value>) {
         match self {
             PublicJwk::Ec { crv, x, y } => {
@@ -442,6 +454,27 @@ impl Bundle {
     /// The JWT part only (the Workload API's JWT bundle encoding: a JWK Set).
     pub fn jwt_jwks_json(&self) -> Result<String, BundleError> {
         self.to_json_filtered(false, true)
+    }
+
+    /// The keys that sign WIT-SVIDs, as a JWK Set with `use` `wit-svid` (the Workload API's
+    /// WIT bundle encoding). writ signs WIT-SVIDs with its JWT authorities (the `typ` header
+    /// tells the two apart), so these are the JWT keys under the WIT `use`. They are not put
+    /// in the SPIFFE bundle document: clients that do not know the `wit-svid` use refuse a
+    /// bundle that holds it.
+    pub fn wit_jwks_json(&self) -> Result<String, BundleError> {
+        let keys: Vec<Value> = self
+            .jwt_authorities
+            .iter()
+            .map(|a| {
+                let mut m = Map::new();
+                m.insert("use".into(), "wit-svid".into());
+                a.public_key.write_params(&mut m);
+                m.insert("kid".into(), a.key_id.clone().into());
+                Value::Object(m)
+            })
+            .collect();
+        serde_json::to_string(&json!({ "keys": keys }))
+            .map_err(|e| BundleError::Json(e.to_string()))
     }
 
     fn to_json_filtered(&self, x509: bool, jwt: bool) -> Result<String, BundleError> {

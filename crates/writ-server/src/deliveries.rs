@@ -67,7 +67,7 @@ impl ServerState {
         let found = |q: AuditQuery<'_>, kind: &str, own: bool| {
             self.audit
                 .scan(q, 0, 1, &|r: &Record| {
-                    r.kind == kind && (!own || issued_to(r))
+                    crate::revoke::token_kind_matches(kind, &r.kind) && (!own || issued_to(r))
                 })
                 .map(|v| v.into_iter().next())
                 .ok()

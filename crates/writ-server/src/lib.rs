@@ -62,6 +62,7 @@ pub(crate) mod signing;
 pub mod state;
 pub(crate) mod sync;
 pub(crate) mod tasks;
+pub(crate) mod wit;
 
 pub use audit::AuditError;
 pub use bundles::BundleSet;

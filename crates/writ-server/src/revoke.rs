@@ -190,6 +190,12 @@ fn check_reason(reason: &str) -> Result<(), RevokeError> {
     Ok(())
 }
 
+/// Whether a record of kind `got` is a credential of kind `want`: WIT-SVIDs are tokens
+/// named by `jti` like JWT-SVIDs, revoked, reported and validated the same way.
+pub(crate) fn token_kind_matches(want: &str, got: &str) -> bool {
+    want == got || (want == kinds::JWT_ISSUED && got == kinds::WIT_ISSUED)
+}
+
 impl ServerState {
     /// Issued credentials of `kind` the journal lists for `query`.
     fn issued(&self, query: AuditQuery<'_>, kind: &str) -> Result<Vec<Issued>, RevokeError> {
@@ -206,8 +212,10 @@ impl ServerState {
         if !self.cfg.audit_enabled {
             return Err(RevokeError::NoJournal);
         }
-        let keep =
-            |r: &Record| r.kind == kind && agent.is_none_or(|a| r.actor.id.as_deref() == Some(a));
+        let keep = |r: &Record| {
+            token_kind_matches(kind, &r.kind)
+                && agent.is_none_or(|a| r.actor.id.as_deref() == Some(a))
+        };
         let recs = self.audit.scan(query, 0, MAX_PER_CALL + 1, &keep)?;
         Ok(recs
             .into_iter()

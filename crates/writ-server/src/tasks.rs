@@ -116,6 +116,7 @@ pub(crate) struct Started {
     pub(crate) task: Task,
     pub(crate) svid: Option<MintedSvid>,
     pub(crate) jwt: Option<MintedJwt>,
+    pub(crate) wit: Option<crate::wit::MintedWit>,
 }
 
 fn new_task_id() -> Result<String, TaskError> {
@@ -274,6 +275,12 @@ impl ServerState {
         } else {
             None
         };
+        let wit = if req.wit_public_key.is_empty() {
+            None
+        } else {
+            let cnf = crate::wit::cnf_key(&req.wit_public_key)?;
+            Some(self.mint_wit(&spiffe_id, &cnf, ttl)?)
+        };
         // Still authorised now (not deleted, changed or withdrawn while signing)?
         if !self
             .still_authorised(node, std::slice::from_ref(&entry))?
@@ -313,11 +320,28 @@ impl ServerState {
                 .task(id.clone()),
             );
         }
+        if let Some(w) = &wit {
+            recs.push(
+                crate::audit::events::wit_issued(
+                    Actor::agent(node.spiffe_id.as_str()),
+                    spiffe_id.as_str(),
+                    &entry.id,
+                    &w.jti,
+                    w.exp,
+                )
+                .task(id.clone()),
+            );
+        }
         book.insert(id, task.clone());
         drop(book);
         self.audit.record(recs).await?;
         tracing::info!(task = %task.id, spiffe_id = %task.spiffe_id, ttl, purpose = %task.purpose, "task started");
-        Ok(Started { task, svid, jwt })
+        Ok(Started {
+            task,
+            svid,
+            jwt,
+            wit,
+        })
     }
 
     /// Ends task `task_id` of entry `entry_id` for the agent `node`; returns it and how many

@@ -81,25 +81,38 @@ pub(super) fn crl(view: &WorkloadView) -> Vec<Vec<u8>> {
     }
 }
 
+/// Which encoding of a bundle a stream serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BundleKind {
+    /// X.509 authorities, DER concatenated.
+    X509,
+    /// JWT keys, a JWK Set with `use` `jwt-svid`.
+    Jwt,
+    /// WIT keys, a JWK Set with `use` `wit-svid`.
+    Wit,
+}
+
 /// Bundles for a caller: own plus those its entries federate with; `None` without identity.
 pub(super) fn bundles_for(
     view: &WorkloadView,
     selectors: &[Selector],
-    jwt: bool,
+    kind: BundleKind,
 ) -> Option<HashMap<String, Vec<u8>>> {
     let c = view.read();
     let entries = c.matching(selectors, writ_core::now_unix());
     if entries.is_empty() {
         return None;
     }
-    let enc = |b: &writ_core::Bundle| {
-        if jwt {
-            b.jwt_jwks_json()
-                .map(String::into_bytes)
-                .unwrap_or_default()
-        } else {
-            b.x509_der_concat()
-        }
+    let enc = |b: &writ_core::Bundle| match kind {
+        BundleKind::Jwt => b
+            .jwt_jwks_json()
+            .map(String::into_bytes)
+            .unwrap_or_default(),
+        BundleKind::Wit => b
+            .wit_jwks_json()
+            .map(String::into_bytes)
+            .unwrap_or_default(),
+        BundleKind::X509 => b.x509_der_concat(),
     };
     let mut m = HashMap::new();
     m.insert(c.own_bundle.trust_domain.id_string(), enc(&c.own_bundle));

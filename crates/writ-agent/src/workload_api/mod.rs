@@ -26,7 +26,7 @@ mod tasks;
 
 pub(crate) use tasks::TasksApi;
 
-use answers::{bundles_for, to_struct, x509_answer, X509Answer};
+use answers::{bundles_for, to_struct, x509_answer, BundleKind, X509Answer};
 use stream::{spawn_stream, Stream};
 
 /// An attested caller of one request.
@@ -225,14 +225,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             identity,
             ..
         } = self.caller(&req).await?;
-        if bundles_for(&self.view, &selectors, false).is_none() {
+        if bundles_for(&self.view, &selectors, BundleKind::X509).is_none() {
             return Err(no_identity());
         }
         Ok(Response::new(spawn_stream(
             self.view.clone(),
             identity,
             move |st| {
-                bundles_for(st, &selectors, false).map(|bundles| {
+                bundles_for(st, &selectors, BundleKind::X509).map(|bundles| {
                     Some(wl::X509BundlesResponse {
                         crl: answers::crl(st),
                         bundles,
@@ -314,14 +314,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
             identity,
             ..
         } = self.caller(&req).await?;
-        if bundles_for(&self.view, &selectors, true).is_none() {
+        if bundles_for(&self.view, &selectors, BundleKind::Jwt).is_none() {
             return Err(no_identity());
         }
         Ok(Response::new(spawn_stream(
             self.view.clone(),
             identity,
             move |st| {
-                bundles_for(st, &selectors, true)
+                bundles_for(st, &selectors, BundleKind::Jwt)
                     .map(|bundles| Some(wl::JwtBundlesResponse { bundles }))
             },
             |_: &wl::JwtBundlesResponse| {},
@@ -379,8 +379,75 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<wl::WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        check_header(req.metadata())?;
-        Err(Status::unimplemented("WIT-SVIDs are not supported"))
+        let Caller {
+            selectors,
+            identity,
+            ..
+        } = self.caller(&req).await?;
+        let wanted = match req.get_ref().spiffe_id.as_str() {
+            "" => None,
+            s => Some(
+                SpiffeId::parse(s)
+                    .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
+            ),
+        };
+        let pick = move |view: &WorkloadView| -> Vec<Entry> {
+            view.read()
+                .matching(&selectors, writ_core::now_unix())
+                .into_iter()
+                .filter(|e| wanted.as_ref().is_none_or(|w| &e.spiffe_id == w))
+                .cloned()
+                .collect()
+        };
+        if pick(&self.view).is_empty() {
+            return Err(no_identity());
+        }
+        let view = self.view.clone();
+        let (log, caller) = (self.view.deliveries.clone(), identity.caller);
+        let mut delivered = std::collections::HashSet::new();
+        Ok(Response::new(spawn_stream(
+            self.view.clone(),
+            identity,
+            move |_| {
+                let entries = pick(&view);
+                if entries.is_empty() {
+                    return None;
+                }
+                let mut svids = Vec::new();
+                let mut hints = std::collections::HashSet::new();
+                for e in &entries {
+                    let Some(w) = view.wit.want(&view, e) else {
+                        continue;
+                    };
+                    if !e.hint.is_empty() && !hints.insert(e.hint.clone()) {
+                        continue;
+                    }
+                    svids.push(wl::Witsvid {
+                        spiffe_id: e.spiffe_id.to_string(),
+                        wit_svid: w.token,
+                        wit_svid_key: w.key_jwk,
+                        hint: e.hint.clone(),
+                    });
+                }
+                Some((!svids.is_empty()).then_some(wl::WitsvidResponse { svids }))
+            },
+            move |r: &wl::WitsvidResponse| {
+                for s in &r.svids {
+                    if let Some(jti) = jti_of(&s.wit_svid) {
+                        if delivered.insert(jti.clone()) {
+                            log.record(delivery(
+                                &caller,
+                                "svid.delivered",
+                                String::new(),
+                                jti,
+                                &s.spiffe_id,
+                                Vec::new(),
+                            ));
+                        }
+                    }
+                }
+            },
+        )))
     }
 
     type FetchWITBundlesStream = Stream<wl::WitBundlesResponse>;
@@ -389,7 +456,28 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<wl::WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        check_header(req.metadata())?;
-        Err(Status::unimplemented("WIT-SVIDs are not supported"))
+        let Caller {
+            selectors,
+            identity,
+            ..
+        } = self.caller(&req).await?;
+        if bundles_for(&self.view, &selectors, BundleKind::Wit).is_none() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(spawn_stream(
+            self.view.clone(),
+            identity,
+            move |st| {
+                bundles_for(st, &selectors, BundleKind::Wit).map(|b| {
+                    Some(wl::WitBundlesResponse {
+                        bundles: b
+                            .into_iter()
+                            .map(|(td, json)| (td, String::from_utf8_lossy(&json).into_owned()))
+                            .collect(),
+                    })
+                })
+            },
+            |_: &wl::WitBundlesResponse| {},
+        )))
     }
 }

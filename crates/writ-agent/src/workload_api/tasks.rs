@@ -40,22 +40,20 @@ impl std::fmt::Debug for TasksApi {
 struct Want {
     x509: bool,
     jwt: bool,
+    wit: bool,
 }
 
 fn parse_want(want: &[String]) -> Result<Want, Status> {
     let mut w = Want {
         x509: want.is_empty(),
         jwt: false,
+        wit: false,
     };
     for x in want.iter().flat_map(|x| x.split(',')).map(str::trim) {
         match x {
             "x509" => w.x509 = true,
             "jwt" => w.jwt = true,
-            "wit" => {
-                return Err(Status::unimplemented(
-                    "WIT-SVIDs for tasks are not supported yet; ask for x509 and/or jwt",
-                ))
-            }
+            "wit" => w.wit = true,
             "" => {}
             other => {
                 return Err(Status::invalid_argument(format!(
@@ -186,6 +184,20 @@ impl Tasks for TasksApi {
             Some(k) => k.csr_der().map_err(|e| Status::internal(e.to_string()))?,
             None => Vec::new(),
         };
+        let wit_key = if want.wit {
+            Some(
+                writ_ca::PrivateKey::generate(writ_ca::KeyType::EcP256)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let wit_public_key = match &wit_key {
+            Some(k) => k
+                .public_point()
+                .map_err(|e| Status::internal(e.to_string()))?,
+            None => Vec::new(),
+        };
         let resp = deadline(node.start_task(pb::StartTaskRequest {
             entry_id: entry.id.clone(),
             parent_task_id: r.parent_task_id,
@@ -195,6 +207,7 @@ impl Tasks for TasksApi {
             csr,
             jwt: want.jwt,
             not_after,
+            wit_public_key,
         }))
         .await?;
         let task = resp
@@ -210,16 +223,24 @@ impl Tasks for TasksApi {
                 Vec::new(),
             ));
         }
-        if let Some(jti) = jti_of(&resp.jwt) {
-            self.view.deliveries.record(delivery(
-                &c.identity.caller,
-                "svid.delivered",
-                String::new(),
-                jti,
-                &task.spiffe_id,
-                Vec::new(),
-            ));
+        for token in [&resp.jwt, &resp.wit] {
+            if let Some(jti) = jti_of(token) {
+                self.view.deliveries.record(delivery(
+                    &c.identity.caller,
+                    "svid.delivered",
+                    String::new(),
+                    jti,
+                    &task.spiffe_id,
+                    Vec::new(),
+                ));
+            }
         }
+        let wit_svid_key = match (&wit_key, resp.wit.is_empty()) {
+            (Some(k), false) => {
+                writ_ca::wit::private_jwk(k).map_err(|e| Status::internal(e.to_string()))?
+            }
+            _ => String::new(),
+        };
         let bundle = self.view.read().own_bundle.x509_der_concat();
         Ok(Response::new(tk::StartTaskResponse {
             task: Some(task_info(&task)),
@@ -227,6 +248,8 @@ impl Tasks for TasksApi {
             x509_svid_key: key.map(|k| k.pkcs8_der().to_vec()).unwrap_or_default(),
             bundle: if want.x509 { bundle } else { Vec::new() },
             jwt_svid: resp.jwt,
+            wit_svid: resp.wit,
+            wit_svid_key,
         }))
     }
 
@@ -269,6 +292,61 @@ impl Tasks for TasksApi {
             }
         }
         Err(last)
+    }
+
+    async fn validate_wit(
+        &self,
+        req: Request<tk::ValidateWitRequest>,
+    ) -> Result<Response<tk::ValidateWitResponse>, Status> {
+        // Open to any local process, like ValidateJWTSVID: checking needs no identity.
+        super::check_header(req.metadata())?;
+        let r = req.get_ref();
+        if r.audience.is_empty() || r.audience.len() > 2048 {
+            return Err(Status::invalid_argument("audience must be 1 to 2048 bytes"));
+        }
+        let now = writ_core::now_unix();
+        let checked = {
+            let c = self.view.read();
+            let keys = |td: &writ_core::TrustDomain, kid: &str| {
+                c.bundle_for(td.as_str())
+                    .and_then(|b| b.jwt_authority(kid))
+                    .map(|a| a.public_key.clone())
+            };
+            let mut replay = self
+                .view
+                .wpt_replay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Revocation first: a revoked WIT must not even use up a proof's jti.
+            let wit = writ_ca::wit::validate_wit(&r.wit_svid, now, keys)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if let Some(jti) = wit.claims.get("jti").and_then(|j| j.as_str()) {
+                if c.revoked_jwts.contains_key(jti) {
+                    return Err(Status::invalid_argument(format!(
+                        "WIT-SVID `{jti}` has been revoked"
+                    )));
+                }
+            }
+            writ_ca::wit::check_wpt(&r.wit_svid, &r.wpt, &r.audience, now, keys, &mut replay)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        if let (Some(info), Some(jti)) = (
+            req.extensions().get::<crate::conn::WorkloadConnInfo>(),
+            checked.wit.claims.get("jti").and_then(|j| j.as_str()),
+        ) {
+            self.view.deliveries.record(delivery(
+                &info.identity.caller,
+                "jwt.validated",
+                String::new(),
+                jti.to_owned(),
+                checked.wit.spiffe_id.as_str(),
+                vec![r.audience.clone()],
+            ));
+        }
+        Ok(Response::new(tk::ValidateWitResponse {
+            spiffe_id: checked.wit.spiffe_id.to_string(),
+            claims_json: serde_json::Value::Object(checked.wit.claims).to_string(),
+        }))
     }
 
     async fn list_tasks(

@@ -46,6 +46,15 @@ pub(crate) fn jwt_issued(
     r
 }
 
+/// A WIT-SVID issued for `id` under `entry` (`exp` unix seconds).
+pub(crate) fn wit_issued(actor: Actor, id: &str, entry: &str, jti: &str, exp: i64) -> NewRecord {
+    NewRecord::new(kinds::WIT_ISSUED, actor)
+        .spiffe_id(id)
+        .entry(entry)
+        .jti(jti)
+        .detail("exp", exp)
+}
+
 /// An entry created.
 pub(crate) fn entry_created(actor: Actor, e: &Entry) -> NewRecord {
     NewRecord::new(kinds::ENTRY_CREATED, actor)

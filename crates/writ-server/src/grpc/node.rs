@@ -215,6 +215,39 @@ impl Node for NodeApi {
         }))
     }
 
+    async fn mint_wit(
+        &self,
+        req: Request<pb::MintWitRequest>,
+    ) -> Result<Response<pb::MintWitResponse>, Status> {
+        let node = caller(&req)?.node;
+        let r = req.get_ref();
+        let (wit, entry) = match self.state.mint_wit_for(&node, &r.entry_id, &r.public_key) {
+            Ok(x) => x,
+            Err(crate::signing::SignError::Denied(d)) => {
+                if let Some(rec) = d.1.clone() {
+                    self.state.audit.note(vec![*rec]).await;
+                }
+                return Err(crate::signing::SignError::Denied(d).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.state
+            .audit
+            .record(vec![crate::audit::events::wit_issued(
+                writ_audit::Actor::agent(node.spiffe_id.as_str()),
+                entry.spiffe_id.as_str(),
+                &entry.id,
+                &wit.jti,
+                wit.exp,
+            )])
+            .await
+            .map_err(crate::signing::SignError::from)?;
+        Ok(Response::new(pb::MintWitResponse {
+            token: wit.token,
+            expires_at: wit.exp,
+        }))
+    }
+
     async fn report_deliveries(
         &self,
         req: Request<pb::ReportDeliveriesRequest>,
@@ -240,6 +273,7 @@ impl Node for NodeApi {
             task: Some(task_to_pb(&s.task, writ_core::now_unix())),
             cert_chain: s.svid.map(|v| v.chain).unwrap_or_default(),
             jwt: s.jwt.map(|j| j.token).unwrap_or_default(),
+            wit: s.wit.map(|w| w.token).unwrap_or_default(),
         }))
     }
 
