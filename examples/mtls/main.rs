@@ -98,7 +98,7 @@ fn apply(r: &wl::X509svidResponse, hint: Option<&str>) -> Result<Material, Strin
 
 /// Fetches the first answer, then keeps the identity updated in the background.
 async fn identity(socket: Option<String>, hint: Option<String>) -> Result<Arc<Identity>, String> {
-    let mut c = writ_agent::workload_client::connect(socket.as_deref())
+    let mut c = writ_client::workload::connect(socket.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let mut st = c

@@ -185,7 +185,7 @@ async fn jwt_audiences_are_bounded_and_new_lists_rate_limited() {
     eventually("served", Duration::from_secs(30), || {
         (a.cli(&["svid", "fetch"]).code == 0).then_some(())
     });
-    let mut c = writ_agent::workload_client::connect(Some(&a.endpoint()))
+    let mut c = writ_client::workload::connect(Some(&a.endpoint()))
         .await
         .unwrap();
     let fetch = |aud: Vec<String>| wl::JwtsvidRequest {

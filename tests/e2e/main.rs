@@ -7,6 +7,7 @@
     clippy::cloned_ref_to_slice_refs
 )]
 
+mod agent_tasks_example;
 mod audit;
 mod authority;
 mod durability;

@@ -466,3 +466,42 @@ fn a_task_outlives_a_dead_server_but_not_its_parent_identity() {
         (v.code != 0 && v.stderr.contains("revoked")).then_some(())
     });
 }
+
+#[test]
+fn exec_runs_a_command_with_the_task_credentials_and_ends_the_task_when_it_exits() {
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    delegating_web(&s, &a, "max_ttl=10m,audiences=tool");
+    let script = r#"test -s "$WRIT_TASK_JWT_FILE" && test -s "$WRIT_TASK_DIR/svid.pem" \
+        && test "$(stat -c %a "$WRIT_TASK_DIR")" = 700 && test "$(stat -c %a "$WRIT_TASK_DIR/svid.key")" = 600 \
+        && echo "$WRIT_TASK_ID $WRIT_TASK_SPIFFE_ID $WRIT_TASK_DIR"; exit 3"#;
+    let r = eventually("the task runs the command", Duration::from_secs(30), || {
+        let r = a.cli(&[
+            "task",
+            "start",
+            "--purpose",
+            "exec",
+            "--want",
+            "x509,jwt",
+            "--exec",
+            "sh",
+            "-c",
+            script,
+        ]);
+        (r.code == 3).then_some(r)
+    });
+    let out: Vec<&str> = r.stdout.split_whitespace().collect();
+    assert_eq!(out.len(), 3, "the command saw its credentials: {r:?}");
+    let (id, sid, dir) = (out[0], out[1], out[2]);
+    assert_eq!(sid, format!("spiffe://example.org/web/task/{id}"));
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the task directory is removed"
+    );
+    let shown = a.cli(&["task", "show", id, "--output", "json"]).ok().json();
+    assert_eq!(shown["state"], "ended", "{shown}");
+    assert!(
+        shown["end_reason"].as_str().unwrap().contains("exited (3)"),
+        "{shown}"
+    );
+}

@@ -17,7 +17,6 @@
 //! - `workload_api/`: the SPIFFE Workload API.
 //! - `deliveries`: which process received or validated which SVID, logged durably and
 //!   reported to the server's audit journal.
-//! - [`workload_client`]: a client for it (used by `writ svid`, `writ jwt`, `writ helper`).
 //! - `persist`: the agent identity and bundle on disk.
 //! - [`run`]: start-up and shutdown.
 //!
@@ -44,7 +43,6 @@ pub mod view;
 pub(crate) mod wit;
 pub(crate) mod workload_api;
 pub(crate) mod workload_attest;
-pub mod workload_client;
 
 pub use config::AgentConfig;
 pub use run::{start, RunningAgent};

@@ -168,7 +168,7 @@ async fn revocation_to_effect(sz: &Sizes) -> (f64, f64, f64, f64) {
         .unwrap();
     crate::sections::wait_svids(&agent, 1).await;
     let endpoint = format!("unix:{}", agent.state.cfg.socket_path.display());
-    let mut wc = writ_agent::workload_client::connect(Some(&endpoint))
+    let mut wc = writ_client::workload::connect(Some(&endpoint))
         .await
         .unwrap();
     let mut st = wc

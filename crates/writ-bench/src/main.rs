@@ -3,8 +3,8 @@
 //! ```sh
 //! cargo build --release && cargo run --release -p writ-bench -- all --write
 //! ```
-//! Sections: `issuance`, `latency`, `propagation`, `scale`, `storm` (or `all`); `smoke` runs
-//! every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
+//! Sections: `issuance`, `latency`, `propagation`, `scale`, `storm`, `governance`, `tasks` (or
+//! `all`); `smoke` runs every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
 //! the generated block of docs/benchmarks.md with the table.
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +17,7 @@
 mod governance;
 mod procs;
 mod sections;
+mod tasks;
 
 use std::time::Instant;
 
@@ -205,6 +206,10 @@ fn main() {
         if want("governance") {
             eprintln!("== governance");
             rows.extend(governance::governance(&sizes).await);
+        }
+        if want("tasks") {
+            eprintln!("== tasks");
+            rows.extend(tasks::tasks(&sizes).await);
         }
     });
     let t = table(&rows);

@@ -410,11 +410,11 @@ async fn bare_call(path: &Path) -> f64 {
 async fn open_x509_stream(
     endpoint: &str,
 ) -> (
-    writ_agent::workload_client::WorkloadClient,
+    writ_client::workload::WorkloadClient,
     tonic::Streaming<wl::X509svidResponse>,
     wl::X509svidResponse,
 ) {
-    let mut c = writ_agent::workload_client::connect(Some(endpoint))
+    let mut c = writ_client::workload::connect(Some(endpoint))
         .await
         .unwrap();
     let mut st = c
@@ -621,9 +621,7 @@ pub async fn propagation(sz: &Sizes) -> Vec<Row> {
             .unwrap()
             .into_inner();
         let mut s2 = loop {
-            let mut cb = writ_agent::workload_client::connect(Some(&ep_b))
-                .await
-                .unwrap();
+            let mut cb = writ_client::workload::connect(Some(&ep_b)).await.unwrap();
             if let Ok(r) = cb.fetch_x509svid(wl::X509svidRequest {}).await {
                 let mut st = r.into_inner();
                 if st.message().await.ok().flatten().is_some() {

@@ -73,8 +73,8 @@ pub enum WitError {
     /// The `jti` was seen before.
     #[error("WPT: `jti` `{0}` was already used (replay)")]
     Replay(String),
-    /// The replay cache is full of unexpired `jti`s.
-    #[error("WPT: replay cache is full; refusing rather than forgetting")]
+    /// The replay cache (or this holder's share of it) is full of unexpired `jti`s.
+    #[error("WPT: replay cache is full for this identity; refusing rather than forgetting")]
     CacheFull,
 }
 
@@ -229,10 +229,13 @@ pub fn make_wpt(
     Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
 }
 
-/// `jti`s seen, until they expire. Bounded: when full of unexpired `jti`s it refuses.
+/// `jti`s seen, until they expire. Bounded: when full of unexpired `jti`s it refuses. Each
+/// holder (the WIT-SVID's subject) may fill at most a tenth of it, so one workload minting
+/// proofs as fast as it can locks out only itself, not every other caller of the checker.
 #[derive(Debug)]
 pub struct ReplayCache {
-    seen: HashMap<String, i64>,
+    seen: HashMap<String, (i64, String)>,
+    per_holder: HashMap<String, usize>,
     capacity: usize,
 }
 
@@ -241,22 +244,53 @@ impl ReplayCache {
     pub fn new(capacity: usize) -> Self {
         ReplayCache {
             seen: HashMap::new(),
+            per_holder: HashMap::new(),
             capacity,
         }
     }
 
-    /// Records `jti` (valid until `exp`); refuses one seen before.
+    /// Records `jti` (valid until `exp`) with no holder named; refuses one seen before.
     pub fn check_and_insert(&mut self, jti: &str, exp: i64, now: i64) -> Result<(), WitError> {
+        self.check_and_insert_for("", jti, exp, now)
+    }
+
+    /// Records `jti` of `holder` (valid until `exp`); refuses one seen before, and a holder
+    /// over its share.
+    pub fn check_and_insert_for(
+        &mut self,
+        holder: &str,
+        jti: &str,
+        exp: i64,
+        now: i64,
+    ) -> Result<(), WitError> {
         if self.seen.contains_key(jti) {
             return Err(WitError::Replay(jti.to_owned()));
         }
-        if self.seen.len() >= self.capacity {
-            self.seen.retain(|_, e| *e + LEEWAY_SECS >= now);
-            if self.seen.len() >= self.capacity {
+        let share = (self.capacity / 10).max(1);
+        let full = |c: &Self| {
+            c.seen.len() >= c.capacity
+                || (!holder.is_empty() && c.per_holder.get(holder).copied().unwrap_or(0) >= share)
+        };
+        if full(self) {
+            let per = &mut self.per_holder;
+            self.seen.retain(|_, (e, h)| {
+                let keep = *e + LEEWAY_SECS >= now;
+                if !keep {
+                    if let Some(n) = per.get_mut(h.as_str()) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                keep
+            });
+            per.retain(|_, n| *n > 0);
+            if full(self) {
                 return Err(WitError::CacheFull);
             }
         }
-        self.seen.insert(jti.to_owned(), exp);
+        self.seen.insert(jti.to_owned(), (exp, holder.to_owned()));
+        if !holder.is_empty() {
+            *self.per_holder.entry(holder.to_owned()).or_default() += 1;
+        }
         Ok(())
     }
 
@@ -335,7 +369,7 @@ pub fn check_wpt(
     if claims.get("wth").and_then(Value::as_str) != Some(wit_hash(wit).as_str()) {
         return Err(WitError::WrongWth);
     }
-    replay.check_and_insert(jti, exp, now)?;
+    replay.check_and_insert_for(v.spiffe_id.as_str(), jti, exp, now)?;
     Ok(CheckedWpt {
         jti: jti.to_owned(),
         wit: v,

@@ -135,6 +135,40 @@ fn the_replay_cache_is_bounded_and_refuses_when_full() {
     assert_eq!(c.len(), 1);
 }
 
+/// One holder minting proofs as fast as it can fills only its own share of the checker's
+/// replay cache: another identity's proofs are still accepted. (Before the per-holder share,
+/// one workload filling the shared cache made `ValidateWIT` refuse every caller until the
+/// proofs expired.)
+#[test]
+fn one_holder_cannot_fill_the_replay_cache_for_everyone() {
+    let mut c = ReplayCache::new(100);
+    for i in 0..10 {
+        c.check_and_insert_for(
+            "spiffe://example.org/greedy",
+            &format!("g{i}"),
+            NOW + 60,
+            NOW,
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        c.check_and_insert_for("spiffe://example.org/greedy", "g10", NOW + 60, NOW),
+        Err(WitError::CacheFull)
+    ));
+    for i in 0..50 {
+        c.check_and_insert_for(
+            &format!("spiffe://example.org/w{i}"),
+            &format!("o{i}"),
+            NOW + 60,
+            NOW,
+        )
+        .unwrap();
+    }
+    // Its entries expire and it may prove again.
+    c.check_and_insert_for("spiffe://example.org/greedy", "g11", NOW + 200, NOW + 120)
+        .unwrap();
+}
+
 #[test]
 fn the_private_jwk_round_trips() {
     let f = fixture();

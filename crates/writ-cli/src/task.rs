@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use writ_agent::workload_client::{connect_tasks, TasksClient};
+use writ_client::workload::{connect_tasks, TasksClient};
 use writ_proto::task as tk;
 
 use crate::args::{Output, TaskCmd};

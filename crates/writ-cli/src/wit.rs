@@ -2,7 +2,7 @@
 //! Tokens made with their key, and checking a WIT-SVID + WPT pair through the agent.
 
 use serde_json::{json, Value};
-use writ_agent::workload_client::{connect, connect_tasks};
+use writ_client::workload::{connect, connect_tasks};
 use writ_proto::task as tk;
 use writ_proto::workload as wl;
 

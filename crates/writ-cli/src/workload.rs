@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use writ_agent::workload_client::{connect, WorkloadClient};
+use writ_client::workload::{connect, WorkloadClient};
 use writ_proto::workload as wl;
 
 use crate::args::Output;

@@ -6,9 +6,9 @@
 //! delegation; the task asks for no more than the entry's delegation (TTL, audiences, running
 //! tasks) and, for a sub-task, no more than its parent task (TTL, audiences) and never reaches
 //! past the identity that started it (the agent's `not_after`); policy decides `start_task`;
-//! then the credentials are signed, the task is stored (fsync) and journalled (`task.started`,
-//! `x509.issued`, `jwt.issued`, all carrying the task ID and the parent entry) before anything
-//! is returned.
+//! then the credentials are signed, the task is stored and journalled (`task.started`,
+//! `x509.issued`, `jwt.issued`, all carrying the task ID and the parent entry; one fsync makes
+//! both durable) before anything is returned.
 //!
 //! End: the task and every sub-task under it are marked ended (durably), what they hold is
 //! revoked through the revocation flow (deny-list, CRL, pushed to every agent), and
@@ -109,6 +109,13 @@ impl TaskBook {
         }
     }
 }
+
+/// What a task was issued: X509-SVID, JWT-SVID, WIT-SVID, each if asked for.
+type Issued = (
+    Option<MintedSvid>,
+    Option<MintedJwt>,
+    Option<crate::wit::MintedWit>,
+);
 
 /// What a started task returns.
 #[derive(Debug)]
@@ -244,6 +251,7 @@ impl ServerState {
             purpose: req.purpose.clone(),
         };
         if let Err(d) = self.decide(&decision, &entry.id) {
+            drop(book);
             let rec = self
                 .denial_record(actor, &decision, &d)
                 .task(id.clone())
@@ -265,13 +273,45 @@ impl ServerState {
             ended_at: None,
             end_reason: String::new(),
         };
+        // The task holds its place (max_active) from here; signing and the fsyncs run without
+        // the lock, and a failure gives the place back.
+        book.insert(id.clone(), task.clone());
+        drop(book);
+        let issued = self.issue_task(node, &entry, &task, &req).await;
+        let (svid, jwt, wit) = match issued {
+            Ok(x) => x,
+            Err(e) => {
+                self.tasks.tasks.lock().await.remove(&id);
+                return Err(e);
+            }
+        };
+        tracing::info!(task = %task.id, spiffe_id = %task.spiffe_id, ttl, purpose = %task.purpose, "task started");
+        Ok(Started {
+            task,
+            svid,
+            jwt,
+            wit,
+        })
+    }
+
+    /// Signs what a started task asked for, re-checks authorisation, stores the task and
+    /// journals its start and issuance (durable before it returns).
+    async fn issue_task(
+        &self,
+        node: &AttestedNode,
+        entry: &Arc<Entry>,
+        task: &Task,
+        req: &pb::StartTaskRequest,
+    ) -> Result<Issued, TaskError> {
+        let (id, spiffe_id, ttl) = (&task.id, &task.spiffe_id, task.expires_at - task.created_at);
+        let actor = Actor::agent(node.spiffe_id.as_str());
         let svid = if req.csr.is_empty() {
             None
         } else {
-            Some(self.mint_from_csr(&req.csr, &spiffe_id, ttl, &[])?)
+            Some(self.mint_from_csr(&req.csr, spiffe_id, ttl, &[])?)
         };
         let jwt = if req.jwt {
-            Some(self.mint_jwt(&spiffe_id, &task.audiences, ttl)?)
+            Some(self.mint_jwt(spiffe_id, &task.audiences, ttl)?)
         } else {
             None
         };
@@ -279,11 +319,11 @@ impl ServerState {
             None
         } else {
             let cnf = crate::wit::cnf_key(&req.wit_public_key)?;
-            Some(self.mint_wit(&spiffe_id, &cnf, ttl)?)
+            Some(self.mint_wit(spiffe_id, &cnf, ttl)?)
         };
         // Still authorised now (not deleted, changed or withdrawn while signing)?
         if !self
-            .still_authorised(node, std::slice::from_ref(&entry))?
+            .still_authorised(node, std::slice::from_ref(entry))?
             .iter()
             .all(|ok| *ok)
         {
@@ -293,24 +333,19 @@ impl ServerState {
             }
             .into());
         }
-        self.store.put_task(&task)?;
-        let mut recs = vec![started_record(actor.clone(), &task)];
+        self.store.put_task(task)?;
+        let mut recs = vec![started_record(actor.clone(), task)];
         if let Some(s) = &svid {
             recs.push(
-                crate::audit::events::x509_issued(
-                    actor.clone(),
-                    &entry,
-                    &s.serial_hex,
-                    s.not_after,
-                )
-                .spiffe_id(&spiffe_id)
-                .task(id.clone()),
+                crate::audit::events::x509_issued(actor.clone(), entry, &s.serial_hex, s.not_after)
+                    .spiffe_id(spiffe_id)
+                    .task(id.clone()),
             );
         }
         if let Some(j) = &jwt {
             recs.push(
                 crate::audit::events::jwt_issued(
-                    actor,
+                    actor.clone(),
                     spiffe_id.as_str(),
                     Some(&entry.id),
                     &j.jti,
@@ -323,7 +358,7 @@ impl ServerState {
         if let Some(w) = &wit {
             recs.push(
                 crate::audit::events::wit_issued(
-                    Actor::agent(node.spiffe_id.as_str()),
+                    actor,
                     spiffe_id.as_str(),
                     &entry.id,
                     &w.jti,
@@ -332,16 +367,8 @@ impl ServerState {
                 .task(id.clone()),
             );
         }
-        book.insert(id, task.clone());
-        drop(book);
         self.audit.record(recs).await?;
-        tracing::info!(task = %task.id, spiffe_id = %task.spiffe_id, ttl, purpose = %task.purpose, "task started");
-        Ok(Started {
-            task,
-            svid,
-            jwt,
-            wit,
-        })
+        Ok((svid, jwt, wit))
     }
 
     /// Ends task `task_id` of entry `entry_id` for the agent `node`; returns it and how many

@@ -244,7 +244,9 @@ pub trait Store: Send + Sync {
     /// The revocation list, if one was stored.
     fn get_revocations(&self) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Creates or replaces a task record, durably before returning.
+    /// Creates or replaces a task record. Durable with the next audit append (one flush of
+    /// the same store): task records are always followed by their journal records, so this
+    /// saves one fsync per task without acknowledging anything that is not durable.
     fn put_task(&self, task: &Task) -> Result<(), StoreError>;
     /// Every task record kept.
     fn list_tasks(&self) -> Result<Vec<Task>, StoreError>;

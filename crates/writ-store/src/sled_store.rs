@@ -662,7 +662,7 @@ impl Store for SledStore {
 
     fn put_task(&self, task: &Task) -> Result<(), StoreError> {
         self.tasks.insert(task.id.as_bytes(), enc(task)?)?;
-        self.flush()
+        Ok(())
     }
 
     fn list_tasks(&self) -> Result<Vec<Task>, StoreError> {

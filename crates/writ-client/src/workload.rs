@@ -1,5 +1,6 @@
-//! A Workload API client: connects to `SPIFFE_ENDPOINT_SOCKET`-style addresses
-//! (`unix:///path`) and adds the `workload.spiffe.io: true` header to every call.
+//! Connecting to the Workload API socket: `SPIFFE_ENDPOINT_SOCKET`-style addresses
+//! (`unix:///path`), with the `workload.spiffe.io: true` header added to every call, for the
+//! SPIFFE Workload API and for writ's task service on the same socket.
 
 use std::path::PathBuf;
 
