@@ -13,6 +13,7 @@ mod authority;
 mod durability;
 mod mtls_example;
 mod nodes;
+mod oidc;
 mod quickstart;
 mod revocation;
 mod rotation;

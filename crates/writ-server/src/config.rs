@@ -57,6 +57,8 @@ struct RawConfig {
     governance: Option<crate::governance::RawGovernance>,
     #[serde(default)]
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    oidc: Option<crate::oidc::RawOidc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +184,8 @@ pub struct ServerConfig {
     pub governance: crate::governance::Governance,
     /// `[policy]`: Cedar policy files decided at every mint (none: every match is issued).
     pub policy: Option<crate::policy::PolicySource>,
+    /// `[oidc]`: OIDC discovery for JWT-SVIDs (its issuer is also `jwt_issuer`).
+    pub oidc: Option<crate::oidc::OidcConfig>,
 }
 
 fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
@@ -288,6 +292,10 @@ impl ServerConfig {
             )?;
             upstream_authority = Some(disk);
         }
+        let oidc = raw
+            .oidc
+            .map(|o| o.validate(raw.jwt_issuer.as_deref()))
+            .transpose()?;
         Ok(ServerConfig {
             trust_domain,
             listen,
@@ -296,7 +304,8 @@ impl ServerConfig {
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
             agent_svid_ttl,
-            jwt_issuer: raw.jwt_issuer,
+            // The discovery issuer and the tokens' `iss` are one value.
+            jwt_issuer: oidc.as_ref().map(|o| o.issuer.clone()).or(raw.jwt_issuer),
             attestation_rate_per_ip: raw.attestation_rate_per_ip,
             ca_key_type,
             ca_ttl,
@@ -331,6 +340,7 @@ impl ServerConfig {
                 .map(|g| g.validate())
                 .transpose()?
                 .unwrap_or_default(),
+            oidc,
         })
     }
 }

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use crate::http::Reply;
 
 /// The server's counters and gauges.
 #[derive(Debug, Default)]
@@ -101,76 +100,19 @@ impl Metrics {
     }
 }
 
-/// Most `/metrics` and probe connections served at once; more wait in the listen backlog.
-pub(crate) const MAX_CONNECTIONS: usize = 64;
-
-/// How long one request may take, read and write together (a client that connects and sends
-/// nothing, or reads nothing, is dropped).
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Serves `/live`, `/ready` and `/metrics` on `addr` until the task is dropped. Accept errors
-/// (descriptors exhausted) back off and never end the endpoint.
+/// Serves `/live`, `/ready` and `/metrics` on `addr` (see [`crate::http`]).
 pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics and health endpoint listening");
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = crate::conn::AcceptBackoff::new("metrics");
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let sock = match listener.accept().await {
-            Ok((sock, _)) => {
-                backoff.succeeded();
-                sock
+    let handler: crate::http::Handler = Arc::new(move |path: &str| {
+        let text = "text/plain; version=0.0.4";
+        match path {
+            "/live" => Reply::new("200 OK", text, "ok\n".into()),
+            "/ready" if metrics.ready.load(Ordering::Relaxed) => {
+                Reply::new("200 OK", text, "ready\n".into())
             }
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
-        let m = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(sock, &m)).await;
-        });
-    }
-}
-
-/// Reads one request head (at most 4 KiB) and answers it.
-async fn answer(mut sock: tokio::net::TcpStream, m: &Metrics) {
-    let mut buf = vec![0u8; 4096];
-    let mut n = 0;
-    // Read until the end of the request head or the buffer is full.
-    while n < buf.len() {
-        match sock.read(&mut buf[n..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(k) => {
-                n += k;
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
+            "/ready" => Reply::new("503 Service Unavailable", text, "not ready\n".into()),
+            "/metrics" => Reply::new("200 OK", text, metrics.render()),
+            _ => Reply::not_found(),
         }
-    }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let path = head
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("GET "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or("");
-    let (status, body) = match path {
-        "/live" => ("200 OK", "ok\n".to_owned()),
-        "/ready" if m.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
-        "/ready" => ("503 Service Unavailable", "not ready\n".to_owned()),
-        "/metrics" => ("200 OK", m.render()),
-        _ => ("404 Not Found", "not found\n".to_owned()),
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = sock.write_all(resp.as_bytes()).await;
-    let _ = sock.shutdown().await;
+    });
+    crate::http::serve(addr, "metrics and health", handler).await
 }

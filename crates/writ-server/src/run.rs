@@ -238,6 +238,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             }
         }));
     }
+    if let Some(o) = cfg.oidc.clone() {
+        let st = state.clone();
+        background.push(tokio::spawn(async move {
+            let addr = o.listen;
+            if let Err(e) = crate::oidc::serve(o, st).await {
+                tracing::error!(%addr, error = %e, "OIDC discovery endpoint failed");
+            }
+        }));
+    }
     state.metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(listen = %listen_addr, admin_socket = %cfg.admin_socket.display(), trust_domain = %cfg.trust_domain, "server ready");
     Ok(RunningServer {
