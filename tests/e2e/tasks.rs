@@ -505,3 +505,82 @@ fn exec_runs_a_command_with_the_task_credentials_and_ends_the_task_when_it_exits
         "{shown}"
     );
 }
+
+/// Review findings M4 and M5: `--out-dir` used to `create_dir_all` then chmod whatever was
+/// there (a symlink's target, another user's or a world-writable directory, whose owner could
+/// then swap `bundle.pem`); and a `writ task start --exec` killed by SIGTERM left its task
+/// running and its files behind. Now an unsafe directory is refused before any task starts,
+/// and a signal goes to the command, after which the task is ended as usual.
+#[test]
+fn unsafe_out_dirs_are_refused_and_a_signalled_exec_still_ends_its_task() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start(ServerOpts::default());
+    let a = TestAgent::start(&s, "a");
+    delegating_web(&s, &a, "max_ttl=10m,audiences=tool");
+    eventually("tasks start", Duration::from_secs(30), || {
+        start(&a, &["--purpose", "warm up"]).ok()
+    });
+    let before = a.cli(&["task", "list", "--output", "json"]).ok().json();
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    for (bad, why) in [(&open, "writable by group or others"), (&link, "symlink")] {
+        let r = a.cli(&[
+            "task",
+            "start",
+            "--purpose",
+            "p",
+            "--out-dir",
+            bad.to_str().unwrap(),
+        ]);
+        assert!(r.code != 0 && r.stderr.contains(why), "{r:?}");
+    }
+    let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o777, "an existing directory is never chmod-ed");
+    assert!(
+        std::fs::read_dir(&open).unwrap().next().is_none(),
+        "nothing written"
+    );
+    let after = a.cli(&["task", "list", "--output", "json"]).ok().json();
+    assert_eq!(before, after, "no task was started for a refused directory");
+
+    // SIGTERM to `writ task start --exec`: the command gets it, the task still ends.
+    let mut child = std::process::Command::new(writ_bin())
+        .args([
+            "task",
+            "start",
+            "--purpose",
+            "long job",
+            "--exec",
+            "sh",
+            "-c",
+        ])
+        .arg("echo \"$WRIT_TASK_ID\"; exec sleep 30")
+        .env("SPIFFE_ENDPOINT_SOCKET", a.endpoint())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let id = line.trim().to_owned();
+    assert_eq!(id.len(), 32, "{line}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let shown = a
+        .cli(&["task", "show", &id, "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(shown["state"], "ended", "{shown}");
+}

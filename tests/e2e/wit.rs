@@ -210,6 +210,12 @@ fn a_task_wit_svid_is_refused_by_the_proof_checker_once_the_task_ended() {
     let wit = t["wit_svid"].as_str().unwrap().to_owned();
     let key = t["wit_svid_key"].as_str().unwrap().to_owned();
     assert_eq!(claims(&wit, 1)["sub"], t["spiffe_id"]);
+    // The key never goes on a command line: the proof maker reads files.
+    let dir = tempfile::tempdir().unwrap();
+    let (wit_file, key_file) = (dir.path().join("wit"), dir.path().join("wit.jwk"));
+    std::fs::write(&wit_file, &wit).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let (wit_file, key_file) = (wit_file.to_str().unwrap(), key_file.to_str().unwrap());
     let aud = "https://tool.example/api";
     let proof = |a: &TestAgent| {
         a.cli(&[
@@ -217,10 +223,10 @@ fn a_task_wit_svid_is_refused_by_the_proof_checker_once_the_task_ended() {
             "proof",
             "--audience",
             aud,
-            "--wit",
-            &wit,
-            "--key",
-            &key,
+            "--wit-file",
+            wit_file,
+            "--key-file",
+            key_file,
             "--output",
             "json",
         ])

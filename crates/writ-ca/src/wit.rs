@@ -230,13 +230,31 @@ pub fn make_wpt(
 }
 
 /// `jti`s seen, until they expire. Bounded: when full of unexpired `jti`s it refuses. Each
-/// holder (the WIT-SVID's subject) may fill at most a tenth of it, so one workload minting
-/// proofs as fast as it can locks out only itself, not every other caller of the checker.
+/// holder may fill at most a tenth of it, so one workload minting proofs as fast as it can
+/// locks out only itself, not every other caller of the checker. The holder is the WIT
+/// subject's root identity ([`holder_of`]: a task counts against the workload that started
+/// it, or one could start ten tasks to fill the cache), kept as a hash, not a copy.
 #[derive(Debug)]
 pub struct ReplayCache {
-    seen: HashMap<String, (i64, String)>,
-    per_holder: HashMap<String, usize>,
+    seen: HashMap<String, (i64, u64)>,
+    per_holder: HashMap<u64, usize>,
     capacity: usize,
+}
+
+/// The identity a WIT subject's proofs count against: the subject without any `/task/...`
+/// suffix (tasks and sub-tasks share their starting workload's share).
+pub fn holder_of(sub: &str) -> &str {
+    sub.find("/task/").map_or(sub, |i| &sub[..i])
+}
+
+fn holder_hash(holder: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if holder.is_empty() {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    holder.hash(&mut h);
+    h.finish() | 1
 }
 
 impl ReplayCache {
@@ -266,17 +284,18 @@ impl ReplayCache {
         if self.seen.contains_key(jti) {
             return Err(WitError::Replay(jti.to_owned()));
         }
+        let h = holder_hash(holder);
         let share = (self.capacity / 10).max(1);
         let full = |c: &Self| {
             c.seen.len() >= c.capacity
-                || (!holder.is_empty() && c.per_holder.get(holder).copied().unwrap_or(0) >= share)
+                || (h != 0 && c.per_holder.get(&h).copied().unwrap_or(0) >= share)
         };
         if full(self) {
             let per = &mut self.per_holder;
-            self.seen.retain(|_, (e, h)| {
+            self.seen.retain(|_, (e, hh)| {
                 let keep = *e + LEEWAY_SECS >= now;
                 if !keep {
-                    if let Some(n) = per.get_mut(h.as_str()) {
+                    if let Some(n) = per.get_mut(hh) {
                         *n = n.saturating_sub(1);
                     }
                 }
@@ -287,9 +306,9 @@ impl ReplayCache {
                 return Err(WitError::CacheFull);
             }
         }
-        self.seen.insert(jti.to_owned(), (exp, holder.to_owned()));
-        if !holder.is_empty() {
-            *self.per_holder.entry(holder.to_owned()).or_default() += 1;
+        self.seen.insert(jti.to_owned(), (exp, h));
+        if h != 0 {
+            *self.per_holder.entry(h).or_default() += 1;
         }
         Ok(())
     }
@@ -312,6 +331,8 @@ pub struct CheckedWpt {
     pub wit: ValidatedWit,
     /// The WPT's `jti`.
     pub jti: String,
+    /// The WPT's `exp`.
+    pub exp: i64,
 }
 
 /// Checks a request's `Workload-Identity-Token` (`wit`) and `Workload-Proof-Token` (`wpt`)
@@ -325,6 +346,25 @@ pub fn check_wpt(
     now: i64,
     keys_for: impl Fn(&TrustDomain, &str) -> Option<PublicJwk>,
     replay: &mut ReplayCache,
+) -> Result<CheckedWpt, WitError> {
+    let c = verify_wpt(wit, wpt, audience, now, keys_for)?;
+    record_wpt(&c, now, replay)?;
+    Ok(c)
+}
+
+/// Records a verified proof's `jti` in `replay` (refusing a replay, or a holder over its
+/// share). Split from [`verify_wpt`] so the signature checks run without the cache's lock.
+pub fn record_wpt(c: &CheckedWpt, now: i64, replay: &mut ReplayCache) -> Result<(), WitError> {
+    replay.check_and_insert_for(holder_of(c.wit.spiffe_id.as_str()), &c.jti, c.exp, now)
+}
+
+/// Everything [`check_wpt`] checks but the replay cache.
+pub fn verify_wpt(
+    wit: &str,
+    wpt: &str,
+    audience: &str,
+    now: i64,
+    keys_for: impl Fn(&TrustDomain, &str) -> Option<PublicJwk>,
 ) -> Result<CheckedWpt, WitError> {
     let v = validate_wit(wit, now, keys_for)?;
     let w = "WPT";
@@ -369,9 +409,9 @@ pub fn check_wpt(
     if claims.get("wth").and_then(Value::as_str) != Some(wit_hash(wit).as_str()) {
         return Err(WitError::WrongWth);
     }
-    replay.check_and_insert_for(v.spiffe_id.as_str(), jti, exp, now)?;
     Ok(CheckedWpt {
         jti: jti.to_owned(),
+        exp,
         wit: v,
     })
 }

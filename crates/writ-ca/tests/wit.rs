@@ -164,6 +164,11 @@ fn one_holder_cannot_fill_the_replay_cache_for_everyone() {
         )
         .unwrap();
     }
+    // Its tasks count against it: ten tasks cannot take ten shares.
+    assert_eq!(
+        writ_ca::wit::holder_of("spiffe://example.org/greedy/task/1/task/2"),
+        "spiffe://example.org/greedy"
+    );
     // Its entries expire and it may prove again.
     c.check_and_insert_for("spiffe://example.org/greedy", "g11", NOW + 200, NOW + 120)
         .unwrap();

@@ -655,7 +655,8 @@ pub(crate) enum WitCmd {
         socket: WorkloadSocket,
     },
     /// Makes a Workload Proof Token for one audience with the WIT-SVID's key (fetched from the
-    /// Workload API, or given with --wit and --key) and prints both tokens.
+    /// Workload API, or read from --wit-file and --key-file, e.g. a task's `wit` and `wit.jwk`)
+    /// and prints both tokens.
     Proof {
         #[command(flatten)]
         socket: WorkloadSocket,
@@ -668,12 +669,13 @@ pub(crate) enum WitCmd {
         /// Only this identity (when fetching).
         #[arg(long)]
         spiffe_id: Option<String>,
-        /// A WIT-SVID (e.g. a task's), instead of fetching one.
-        #[arg(long, requires = "key")]
-        wit: Option<String>,
-        /// Its private key, a JWK (JSON).
-        #[arg(long, requires = "wit")]
-        key: Option<String>,
+        /// A file holding a WIT-SVID (e.g. a task's `wit`), instead of fetching one.
+        #[arg(long, requires = "key_file")]
+        wit_file: Option<PathBuf>,
+        /// A file holding its private key, a JWK (e.g. a task's `wit.jwk`). Never on the
+        /// command line: any local user can read another process's arguments.
+        #[arg(long, requires = "wit_file")]
+        key_file: Option<PathBuf>,
     },
     /// Checks a WIT-SVID and its proof for an audience through the agent (keys, revocation,
     /// replay cache); exit 0 and the claims when valid.

@@ -95,18 +95,74 @@ fn creds(r: &tk::StartTaskResponse) -> Result<Creds, CliError> {
     })
 }
 
-/// Writes the credentials to `dir` (made 0700): `svid.pem`, `svid.key` (0600), `bundle.pem`,
-/// `jwt` (0600), whichever the task holds.
+/// Runs `command` to its end. SIGINT, SIGTERM and SIGHUP sent to `writ` go to the command
+/// instead of killing `writ`, so the task is still ended (and its files removed) however the
+/// job stops.
+async fn run_forwarding_signals(
+    command: &mut tokio::process::Command,
+) -> std::io::Result<std::process::ExitStatus> {
+    use rustix::process::{kill_process, Pid, Signal};
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut child = command.spawn()?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(Pid::from_raw);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        let sig = tokio::select! {
+            status = child.wait() => return status,
+            _ = int.recv() => Signal::INT,
+            _ = term.recv() => Signal::TERM,
+            _ = hup.recv() => Signal::HUP,
+        };
+        if let Some(pid) = pid {
+            let _ = kill_process(pid, sig);
+        }
+    }
+}
+
+/// The directory for `--out-dir`: created 0700 if absent; if present it must be a real
+/// directory (not a symlink) owned by this user and not writable by group or others, and is
+/// left as it is (never chmod-ed: `--out-dir .` must not change the current directory).
+fn prepare_dir(dir: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let fail = |why: String| CliError::Failed(format!("`{}`: {why}", dir.display()));
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => {
+            if m.file_type().is_symlink() || !m.is_dir() {
+                return Err(fail("is not a directory (or is a symlink)".into()));
+            }
+            let me = rustix::process::geteuid().as_raw();
+            if m.uid() != me {
+                return Err(fail(format!("is owned by uid {}, not {me}", m.uid())));
+            }
+            if m.mode() & 0o022 != 0 {
+                return Err(fail(format!(
+                    "is writable by group or others (mode {:o}): someone else could swap the files",
+                    m.mode() & 0o777
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(e.to_string())),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Writes the credentials to `dir` (see [`prepare_dir`]): `svid.pem`, `svid.key` (0600),
+/// `bundle.pem`, `jwt`, `wit`, `wit.jwk` (0600), whichever the task holds.
 fn write_files(dir: &Path, c: &Creds) -> Result<(), CliError> {
     let fail = |p: &Path, e: std::io::Error| {
         CliError::Failed(format!("cannot write `{}`: {e}", p.display()))
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| fail(dir, e))?;
-    }
+    prepare_dir(dir)?;
     let w = |name: &str, data: &str, mode: u32| {
         if data.is_empty() {
             return Ok(());
@@ -138,6 +194,10 @@ pub(crate) async fn run(cmd: TaskCmd, output: Output) -> Result<(), CliError> {
             exec,
         } => {
             let sock = socket.socket.as_deref();
+            // Refuse an unsafe directory before a task exists, not after.
+            if let Some(dir) = &out_dir {
+                prepare_dir(dir)?;
+            }
             let mut c = client(sock).await?;
             let r = c
                 .start_task(tk::StartTaskRequest {
@@ -315,7 +375,7 @@ async fn exec_under(
             .env("WRIT_TASK_WIT_FILE", dir.join("wit"))
             .env("WRIT_TASK_WIT_KEY_FILE", dir.join("wit.jwk"));
     }
-    let result = command.status().await;
+    let result = run_forwarding_signals(&mut command).await;
     let code = match &result {
         Ok(s) => s.code().unwrap_or(1),
         Err(_) => 127,

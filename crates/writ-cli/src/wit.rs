@@ -100,18 +100,23 @@ pub(crate) async fn run(cmd: WitCmd, output: Output) -> Result<(), CliError> {
             audience,
             ttl,
             spiffe_id,
-            wit,
-            key,
+            wit_file,
+            key_file,
         } => {
-            let (wit, key_jwk) = match (wit, key) {
-                (Some(w), Some(k)) => (w, k),
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|e| CliError::Failed(format!("cannot read `{}`: {e}", p.display())))
+            };
+            let (wit, key_jwk) = match (wit_file, key_file) {
+                (Some(w), Some(k)) => (read(&w)?, read(&k)?),
                 (None, None) => {
                     let w = first_wit(socket.socket.as_deref(), spiffe_id).await?;
                     (w.wit_svid, w.wit_svid_key)
                 }
                 _ => {
                     return Err(CliError::Usage(
-                        "--wit and --key go together (or neither: fetch from the Workload API)"
+                        "--wit-file and --key-file go together (or neither: fetch from the Workload API)"
                             .into(),
                     ))
                 }

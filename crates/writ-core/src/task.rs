@@ -53,6 +53,10 @@ pub struct Task {
     /// Why it was ended.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub end_reason: String,
+    /// Everything issued under it has been revoked (set once its end's revocation completed;
+    /// an ended task without it is revoked again by the server's sweeper).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 /// Where a task is in its life.

@@ -41,6 +41,13 @@ const KEEP_ENDED: i64 = 24 * 3600;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Most tasks one `ListTasks` answer carries.
 const MAX_LIST: usize = 1000;
+/// Most entries one `ListTasks` asks about.
+const MAX_LIST_ENTRIES: usize = 64;
+/// Task starts pause while the revocation list holds this many credentials. Every ended task
+/// adds its credentials to the list (until they expire), and the list is pushed whole to every
+/// agent: a workload starting and ending tasks in a loop must not be able to grow it past
+/// what one push carries (about 60 bytes an entry, well under the 4 MiB message limit).
+pub(crate) const MAX_REVOKED_FOR_TASKS: usize = 20_000;
 
 /// Why a task was not started or ended.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +79,9 @@ pub(crate) enum TaskError {
         /// `ended` or `expired`.
         state: &'static str,
     },
+    /// The revocation list is too long for more tasks now.
+    #[error("task starts are paused: {0} revoked credentials are outstanding (at most {MAX_REVOKED_FOR_TASKS}); they leave the list as they expire")]
+    Paused(usize),
     /// Tasks need the journal: it is how what a task holds is found and revoked.
     #[error("tasks need the audit journal (it is how a task's credentials are found and revoked); it is disabled by [audit] enabled = false")]
     NoJournal,
@@ -145,6 +155,13 @@ impl ServerState {
             return Err(TaskError::NoJournal);
         }
         check_purpose(&req.purpose).map_err(TaskError::Invalid)?;
+        let outstanding = {
+            let b = self.bundles.borrow();
+            b.revocations.serials.len() + b.revocations.jwts.len()
+        };
+        if outstanding >= MAX_REVOKED_FOR_TASKS {
+            return Err(TaskError::Paused(outstanding));
+        }
         let entry = self
             .authorized_for(node, &[req.entry_id.as_str()])?
             .pop()
@@ -272,6 +289,7 @@ impl ServerState {
             expires_at: now + ttl,
             ended_at: None,
             end_reason: String::new(),
+            revoked: false,
         };
         // The task holds its place (max_active) from here; signing and the fsyncs run without
         // the lock, and a failure gives the place back.
@@ -282,9 +300,14 @@ impl ServerState {
             Ok(x) => x,
             Err(e) => {
                 self.tasks.tasks.lock().await.remove(&id);
+                if let Err(d) = self.store.delete_tasks(std::slice::from_ref(&id)) {
+                    tracing::warn!(task = %id, error = %d, "could not drop a task that failed to start");
+                }
                 return Err(e);
             }
         };
+        self.refuse_if_ended(&id, Actor::agent(node.spiffe_id.as_str()))
+            .await?;
         tracing::info!(task = %task.id, spiffe_id = %task.spiffe_id, ttl, purpose = %task.purpose, "task started");
         Ok(Started {
             task,
@@ -303,7 +326,14 @@ impl ServerState {
         task: &Task,
         req: &pb::StartTaskRequest,
     ) -> Result<Issued, TaskError> {
-        let (id, spiffe_id, ttl) = (&task.id, &task.spiffe_id, task.expires_at - task.created_at);
+        // Credentials end when the task does (not a signing delay later).
+        let (id, spiffe_id) = (&task.id, &task.spiffe_id);
+        let ttl = task.expires_at - writ_core::now_unix();
+        if ttl <= 0 {
+            return Err(TaskError::Invalid(
+                "the task's lifetime ran out while it was being started".into(),
+            ));
+        }
         let actor = Actor::agent(node.spiffe_id.as_str());
         let svid = if req.csr.is_empty() {
             None
@@ -454,18 +484,8 @@ impl ServerState {
             let mut revoked_here = 0;
             let mut recs = Vec::new();
             for t in &ended {
-                let n = match self
-                    .revoke_x509(
-                        Target::Task(t.id.clone()),
-                        &format!("cessation_of_operation (task ended: {reason})"),
-                        actor.clone(),
-                    )
-                    .await
-                {
-                    Ok(r) => r.len(),
-                    Err(RevokeError::NothingOutstanding(_)) => 0,
-                    Err(e) => return Err(e.into()),
-                };
+                // A failure here leaves the task ended but not `revoked`: the sweeper retries.
+                let n = self.revoke_task(t, actor.clone()).await?;
                 revoked_here += n;
                 recs.push(
                     NewRecord::new(kinds::TASK_ENDED, actor.clone())
@@ -485,8 +505,65 @@ impl ServerState {
         Ok(out)
     }
 
+    /// After a task's credentials were issued and journalled: was it ended (by its owner, its
+    /// parent's end or the sweeper) meanwhile? Then that end's revocation may have run before
+    /// the credentials were in the journal: revoke them now, keep the ended record (issuing
+    /// wrote the active one over it), and refuse, so nothing is handed out.
+    async fn refuse_if_ended(&self, id: &str, actor: Actor) -> Result<(), TaskError> {
+        let ended = self
+            .tasks
+            .tasks
+            .lock()
+            .await
+            .get(id)
+            .filter(|t| t.ended_at.is_some())
+            .cloned();
+        if let Some(t) = ended {
+            self.store.put_task(&t)?;
+            self.revoke_task(&t, actor).await?;
+            return Err(TaskError::NotActive {
+                id: id.to_owned(),
+                state: "ended",
+            });
+        }
+        Ok(())
+    }
+
+    /// Revokes everything issued under `t` (idempotent) and marks it `revoked`; returns how
+    /// many credentials this call revoked.
+    async fn revoke_task(&self, t: &Task, actor: Actor) -> Result<usize, TaskError> {
+        let n = match self
+            .revoke_x509(
+                Target::Task(t.id.clone()),
+                &format!("cessation_of_operation (task ended: {})", t.end_reason),
+                actor,
+            )
+            .await
+        {
+            Ok(r) => r.len(),
+            Err(RevokeError::NothingOutstanding(_)) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let mut book = self.tasks.tasks.lock().await;
+        if let Some(b) = book.get_mut(&t.id) {
+            b.revoked = true;
+            // Not flushed: after a crash the sweeper revokes again, which changes nothing.
+            self.store.put_task(b)?;
+        }
+        Ok(n)
+    }
+
     /// The tasks of `entry_ids` started through `node`, newest first.
-    pub(crate) async fn list_tasks(&self, node: &AttestedNode, entry_ids: &[String]) -> Vec<Task> {
+    pub(crate) async fn list_tasks(
+        &self,
+        node: &AttestedNode,
+        entry_ids: &[String],
+    ) -> Result<Vec<Task>, TaskError> {
+        if entry_ids.len() > MAX_LIST_ENTRIES {
+            return Err(TaskError::Invalid(format!(
+                "at most {MAX_LIST_ENTRIES} entries per ListTasks"
+            )));
+        }
         let book = self.tasks.tasks.lock().await;
         let mut v: Vec<Task> = book
             .values()
@@ -495,18 +572,25 @@ impl ServerState {
             .collect();
         v.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         v.truncate(MAX_LIST);
-        v
+        Ok(v)
     }
 
     /// Ends the running tasks whose starting identity is gone, and forgets tasks ended or
     /// expired more than [`KEEP_ENDED`] ago.
     pub(crate) async fn sweep_tasks(&self) -> Result<(), TaskError> {
         let now = writ_core::now_unix();
-        let (running, stale): (Vec<Task>, Vec<String>) = {
+        let (running, stale, unrevoked): (Vec<Task>, Vec<String>, Vec<Task>) = {
             let book = self.tasks.tasks.lock().await;
             let running = book
                 .values()
                 .filter(|t| t.state(now) == writ_core::TaskState::Active)
+                .cloned()
+                .collect();
+            // Ended, but their revocation did not complete (a store or journal failure, or a
+            // crash): try again. A moment's grace lets an end in progress finish first.
+            let unrevoked = book
+                .values()
+                .filter(|t| !t.revoked && t.ended_at.is_some_and(|e| e + 2 < now))
                 .cloned()
                 .collect();
             let stale = book
@@ -514,8 +598,11 @@ impl ServerState {
                 .filter(|t| t.ended_at.unwrap_or(t.expires_at) + KEEP_ENDED < now)
                 .map(|t| t.id.clone())
                 .collect();
-            (running, stale)
+            (running, stale, unrevoked)
         };
+        for t in unrevoked {
+            self.revoke_task(&t, Actor::server()).await?;
+        }
         let mut lost = Vec::new();
         let mut nodes: HashMap<SpiffeId, Option<AttestedNode>> = HashMap::new();
         for t in running {
@@ -527,9 +614,19 @@ impl ServerState {
                     n
                 }
             };
+            // Still held, and still within what the entry delegates now (a delegation
+            // withdrawn or narrowed ends the tasks it no longer covers).
             let held = node.is_some_and(|n| {
                 self.authorized_for(&n, &[t.entry_id.as_str()])
-                    .is_ok_and(|v| v.iter().any(|e: &Arc<Entry>| e.id == t.entry_id))
+                    .is_ok_and(|v| {
+                        v.iter().any(|e: &Arc<Entry>| {
+                            e.id == t.entry_id
+                                && e.delegate.as_ref().is_some_and(|d| {
+                                    t.expires_at - t.created_at <= d.max_ttl as i64
+                                        && t.audiences.iter().all(|a| d.audiences.contains(a))
+                                })
+                        })
+                    })
             });
             if !held {
                 lost.push(t.id);
@@ -587,5 +684,103 @@ pub(crate) async fn sweep_loop(state: Arc<ServerState>) {
         if let Err(e) = state.sweep_tasks().await {
             tracing::error!(error = %e, "task sweep failed");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use writ_core::{Delegation, Selector, TrustDomain};
+
+    /// Review finding H1: a task ended while it was being started (its owner's EndTask, its
+    /// parent's end, the sweeper) had its end's revocation run before its credentials were
+    /// journalled, so they were never revoked and were handed out. The interleaving is forced
+    /// here: the task holds its place, is ended (revoking nothing yet), then issued. The
+    /// start must then revoke what was issued and refuse; before the fix it returned the
+    /// credentials, on no deny-list.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_ended_while_it_starts_hands_out_nothing_unrevoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::ServerConfig::parse(&format!(
+            "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\n[node_attestor.join_token]\n",
+            dir.path().join("run/admin.sock").display(),
+            dir.path().join("data").display(),
+        ))
+        .unwrap();
+        let srv = crate::start(cfg).await.unwrap();
+        let st = srv.state.clone();
+        let td = TrustDomain::new("example.org").unwrap();
+        let node = AttestedNode {
+            spiffe_id: td.id("/writ/agent/join_token/t").unwrap(),
+            attestor: "join_token".into(),
+            selectors: Vec::new(),
+            cert_serial: "01".into(),
+            cert_not_after: i64::MAX,
+            prev_cert_serial: String::new(),
+            aliases: Vec::new(),
+            banned: false,
+            created_at: 0,
+            revision: 0,
+        };
+        st.store.put_node(node.clone()).unwrap();
+        let mut e = Entry::new(
+            td.id("/orchestrator").unwrap(),
+            node.spiffe_id.clone(),
+            vec![Selector::parse("unix:uid:1").unwrap()],
+        );
+        e.delegate = Some(Delegation {
+            max_ttl: 600,
+            max_active: 10,
+            audiences: vec!["tool".into()],
+        });
+        let e = Arc::new(st.create_entry(e).await.unwrap());
+        let now = writ_core::now_unix();
+        let id = new_task_id().unwrap();
+        let task = Task {
+            id: id.clone(),
+            spiffe_id: SpiffeId::parse(&format!("{}/task/{id}", e.spiffe_id)).unwrap(),
+            owner: e.spiffe_id.clone(),
+            entry_id: e.id.clone(),
+            parent_task_id: None,
+            agent: node.spiffe_id.clone(),
+            purpose: "race".into(),
+            audiences: vec!["tool".into()],
+            created_at: now,
+            expires_at: now + 300,
+            ended_at: None,
+            end_reason: String::new(),
+            revoked: false,
+        };
+        st.tasks.tasks.lock().await.insert(id.clone(), task.clone());
+        let ended = st
+            .end_tasks(std::slice::from_ref(&id), "owner ended it", Actor::server())
+            .await
+            .unwrap();
+        assert_eq!(ended[0].1, 0, "nothing was issued yet");
+        let req = pb::StartTaskRequest {
+            jwt: true,
+            ..Default::default()
+        };
+        let (_, jwt, _) = st.issue_task(&node, &e, &task, &req).await.unwrap();
+        let jti = jwt.unwrap().jti;
+        let err = st
+            .refuse_if_ended(&id, Actor::agent(node.spiffe_id.as_str()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TaskError::NotActive { .. }), "{err}");
+        let (list, _) = st.revocation_snapshot().await;
+        assert!(
+            list.jwt.contains_key(&jti),
+            "the racing credential is revoked"
+        );
+        let stored = st.store.list_tasks().unwrap();
+        assert!(
+            stored.iter().all(|t| t.ended_at.is_some()),
+            "the ended record is kept"
+        );
+        srv.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }

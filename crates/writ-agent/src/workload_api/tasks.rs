@@ -305,6 +305,8 @@ impl Tasks for TasksApi {
             return Err(Status::invalid_argument("audience must be 1 to 2048 bytes"));
         }
         let now = writ_core::now_unix();
+        // Signatures are checked under the view's read lock only; the replay cache's lock is
+        // held just for the insert.
         let checked = {
             let c = self.view.read();
             let keys = |td: &writ_core::TrustDomain, kid: &str| {
@@ -312,24 +314,27 @@ impl Tasks for TasksApi {
                     .and_then(|b| b.jwt_authority(kid))
                     .map(|a| a.public_key.clone())
             };
-            let mut replay = self
-                .view
-                .wpt_replay
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // Revocation first: a revoked WIT must not even use up a proof's jti.
-            let wit = writ_ca::wit::validate_wit(&r.wit_svid, now, keys)
+            let checked = writ_ca::wit::verify_wpt(&r.wit_svid, &r.wpt, &r.audience, now, keys)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            if let Some(jti) = wit.claims.get("jti").and_then(|j| j.as_str()) {
+            // A revoked WIT must not even use up a proof's jti.
+            if let Some(jti) = checked.wit.claims.get("jti").and_then(|j| j.as_str()) {
                 if c.revoked_jwts.contains_key(jti) {
                     return Err(Status::invalid_argument(format!(
                         "WIT-SVID `{jti}` has been revoked"
                     )));
                 }
             }
-            writ_ca::wit::check_wpt(&r.wit_svid, &r.wpt, &r.audience, now, keys, &mut replay)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?
+            checked
         };
+        {
+            let mut replay = self
+                .view
+                .wpt_replay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            writ_ca::wit::record_wpt(&checked, now, &mut replay)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         if let (Some(info), Some(jti)) = (
             req.extensions().get::<crate::conn::WorkloadConnInfo>(),
             checked.wit.claims.get("jti").and_then(|j| j.as_str()),

@@ -302,7 +302,7 @@ impl Node for NodeApi {
         let tasks = self
             .state
             .list_tasks(&node, &req.get_ref().entry_ids)
-            .await
+            .await?
             .iter()
             .map(|t| task_to_pb(t, now))
             .collect();

@@ -192,7 +192,9 @@ impl From<TaskError> for Status {
         match e {
             TaskError::Invalid(_) => Status::invalid_argument(e.to_string()),
             TaskError::NoDelegation(_) => Status::permission_denied(e.to_string()),
-            TaskError::TooMany { .. } => Status::resource_exhausted(e.to_string()),
+            TaskError::TooMany { .. } | TaskError::Paused(_) => {
+                Status::resource_exhausted(e.to_string())
+            }
             TaskError::NotFound(_) => Status::not_found(e.to_string()),
             TaskError::NotActive { .. } | TaskError::NoJournal => {
                 Status::failed_precondition(e.to_string())
