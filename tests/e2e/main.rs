@@ -11,6 +11,7 @@ mod agent_tasks_example;
 mod audit;
 mod authority;
 mod durability;
+mod federation;
 mod mtls_example;
 mod nodes;
 mod oidc;

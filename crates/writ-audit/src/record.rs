@@ -58,6 +58,8 @@ pub mod kinds {
     pub const TASK_ENDED: &str = "task.ended";
     /// Any other operator action (`details.method`).
     pub const ADMIN_ACTION: &str = "admin.action";
+    /// A federated trust domain's bundle changed (fetched from its endpoint).
+    pub const BUNDLE_UPDATED: &str = "bundle.updated";
 }
 
 /// Who did it.

@@ -59,6 +59,8 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     #[serde(default)]
     oidc: Option<crate::oidc::RawOidc>,
+    #[serde(default)]
+    federation: crate::federation::RawFederation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +188,8 @@ pub struct ServerConfig {
     pub policy: Option<crate::policy::PolicySource>,
     /// `[oidc]`: OIDC discovery for JWT-SVIDs (its issuer is also `jwt_issuer`).
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// `[federation]`: the bundle endpoint and the trust domains federated with.
+    pub federation: crate::federation::Federation,
 }
 
 fn secs(key: &'static str, v: &str) -> Result<i64, ConfigError> {
@@ -296,6 +300,7 @@ impl ServerConfig {
             .oidc
             .map(|o| o.validate(raw.jwt_issuer.as_deref()))
             .transpose()?;
+        let federation = raw.federation.validate(&trust_domain)?;
         Ok(ServerConfig {
             trust_domain,
             listen,
@@ -341,6 +346,7 @@ impl ServerConfig {
                 .transpose()?
                 .unwrap_or_default(),
             oidc,
+            federation,
         })
     }
 }

@@ -58,6 +58,25 @@ pub(crate) async fn serve(
     name: &'static str,
     handler: Handler,
 ) -> std::io::Result<()> {
+    serve_with(addr, name, handler, None).await
+}
+
+/// [`serve`] over TLS (the handshake counts against the request's deadline).
+pub(crate) async fn serve_tls(
+    addr: SocketAddr,
+    name: &'static str,
+    handler: Handler,
+    tls: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    serve_with(addr, name, handler, Some(tls)).await
+}
+
+async fn serve_with(
+    addr: SocketAddr,
+    name: &'static str,
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "{name} endpoint listening");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -77,15 +96,29 @@ pub(crate) async fn serve(
             }
         };
         let h = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(sock, &*h)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async move {
+                match tls {
+                    None => answer(sock, &*h).await,
+                    Some(acceptor) => {
+                        if let Ok(s) = acceptor.accept(sock).await {
+                            answer(s, &*h).await;
+                        }
+                    }
+                }
+            })
+            .await;
         });
     }
 }
 
 /// Reads one request head (at most 4 KiB) and answers it. Anything but `GET` is 405.
-async fn answer(mut sock: tokio::net::TcpStream, handler: &(dyn Fn(&str) -> Reply + Send + Sync)) {
+async fn answer<S>(mut sock: S, handler: &(dyn Fn(&str) -> Reply + Send + Sync))
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     // Read until the end of the request head or the buffer is full.

@@ -45,6 +45,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod deliveries;
+pub mod federation;
 pub(crate) mod governance;
 pub(crate) mod grpc;
 pub(crate) mod http;

@@ -40,6 +40,8 @@ pub(crate) struct Metrics {
     pub revoked: AtomicU64,
     /// Issuances denied by policy.
     pub policy_denied: AtomicU64,
+    /// Federated bundle fetches that failed (the last good bundle was kept).
+    pub federation_fetch_failures: AtomicU64,
     /// Set once both listeners accept connections.
     pub ready: AtomicBool,
 }
@@ -82,7 +84,9 @@ impl Metrics {
              # TYPE writ_revocations_total counter\n\
              writ_revocations_total {}\n\
              # TYPE writ_policy_denied_total counter\n\
-             writ_policy_denied_total {}\n",
+             writ_policy_denied_total {}\n\
+             # TYPE writ_federation_fetch_failures_total counter\n\
+             writ_federation_fetch_failures_total {}\n",
             c(&self.attest_ok),
             c(&self.attest_failed),
             c(&self.attest_rate_limited),
@@ -96,6 +100,7 @@ impl Metrics {
             c(&self.break_glass),
             c(&self.revoked),
             c(&self.policy_denied),
+            c(&self.federation_fetch_failures),
         )
     }
 }

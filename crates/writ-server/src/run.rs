@@ -238,6 +238,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             }
         }));
     }
+    if let Some(e) = cfg.federation.bundle_endpoint.clone() {
+        let st = state.clone();
+        background.push(tokio::spawn(async move {
+            let addr = e.listen;
+            if let Err(e) = crate::federation::endpoint::serve(e, st).await {
+                tracing::error!(%addr, error = %e, "federation bundle endpoint failed");
+            }
+        }));
+    }
+    for rel in cfg.federation.relationships.clone() {
+        background.push(tokio::spawn(crate::federation::fetch::run(
+            state.clone(),
+            rel,
+        )));
+    }
     if let Some(o) = cfg.oidc.clone() {
         let st = state.clone();
         background.push(tokio::spawn(async move {

@@ -22,7 +22,7 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    /// Starts an agent that attests with a fresh join token (alias `spiffe://example.org/node/<name>`).
+    /// Starts an agent that attests with a fresh join token (alias `spiffe://<td>/node/<name>`).
     pub fn start(server: &TestServer, name: &str) -> TestAgent {
         Self::start_with(server, name, "", &[])
     }
@@ -37,7 +37,7 @@ impl TestAgent {
             "token",
             "generate",
             "--spiffe-id",
-            &format!("spiffe://example.org/node/{name}"),
+            &format!("spiffe://{}/node/{name}", server.trust_domain),
         ])["token"]
             .as_str()
             .unwrap()
@@ -46,7 +46,8 @@ impl TestAgent {
         std::fs::write(
             &config,
             format!(
-                "trust_domain = \"example.org\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n[node_attestor.join_token]\ntoken = \"{token}\"\n[workload_attestor.unix]\n{extra}\n",
+                "trust_domain = \"{}\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n[node_attestor.join_token]\ntoken = \"{token}\"\n[workload_attestor.unix]\n{extra}\n",
+                server.trust_domain,
                 server.addr(),
                 dir.path().join("public/api.sock").display(),
                 dir.path().join("private/admin.sock").display(),
@@ -155,7 +156,8 @@ impl TestAgent {
         std::fs::write(
             &config,
             format!(
-                "trust_domain = \"example.org\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n{attestor}\n[workload_attestor.unix]\n",
+                "trust_domain = \"{}\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n{attestor}\n[workload_attestor.unix]\n",
+                server.trust_domain,
                 server.addr(),
                 dir.path().join("public/api.sock").display(),
                 dir.path().join("private/admin.sock").display(),

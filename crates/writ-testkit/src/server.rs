@@ -21,6 +21,8 @@ pub struct ServerOpts {
     pub metrics: bool,
     /// Extra top-level config lines.
     pub extra: String,
+    /// The trust domain (default `example.org`).
+    pub trust_domain: String,
 }
 
 impl Default for ServerOpts {
@@ -30,6 +32,7 @@ impl Default for ServerOpts {
             x509pop_bundle: None,
             metrics: false,
             extra: String::new(),
+            trust_domain: "example.org".into(),
         }
     }
 }
@@ -42,6 +45,8 @@ pub struct TestServer {
     pub port: u16,
     /// Metrics port (served when `ServerOpts::metrics`).
     pub metrics_port: u16,
+    /// Its trust domain.
+    pub trust_domain: String,
     /// The process, while running.
     pub child: Option<Child>,
     /// Its config file.
@@ -55,7 +60,8 @@ impl TestServer {
         let port = free_port();
         let metrics_port = free_port();
         let mut cfg = format!(
-            "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:{port}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ndefault_x509_svid_ttl = \"10m\"\n{}\n[ca]\nttl = \"{}\"\n[node_attestor.join_token]\n",
+            "trust_domain = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ndefault_x509_svid_ttl = \"10m\"\n{}\n[ca]\nttl = \"{}\"\n[node_attestor.join_token]\n",
+            opts.trust_domain,
             dir.path().join("run/admin.sock").display(),
             dir.path().join("data").display(),
             opts.extra,
@@ -73,6 +79,7 @@ impl TestServer {
             dir,
             port,
             metrics_port,
+            trust_domain: opts.trust_domain.clone(),
             child: None,
             config,
         };
@@ -167,7 +174,7 @@ impl TestServer {
     pub fn bundle(&self) -> writ_core::Bundle {
         let r = self.cli(&["bundle", "show", "--format", "jwks"]).ok();
         writ_core::Bundle::from_json(
-            writ_core::TrustDomain::new("example.org").unwrap(),
+            writ_core::TrustDomain::new(&self.trust_domain).unwrap(),
             r.stdout.as_bytes(),
         )
         .unwrap()

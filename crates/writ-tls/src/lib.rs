@@ -33,6 +33,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("tls configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// Roots or a verifier could not be set up.
+    #[error("tls roots: {0}")]
+    Roots(String),
 }
 
 /// The ring crypto provider, the only one writ uses.
@@ -352,4 +355,47 @@ pub fn client_config(
     };
     c.alpn_protocols = vec![b"h2".to_vec()];
     Ok(c)
+}
+
+/// An HTTPS (HTTP/1.1) server config presenting what `resolver` holds, without client
+/// authentication: the federation bundle endpoint.
+pub fn https_server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// An HTTPS (HTTP/1.1) client config checking the server with `verifier`, presenting nothing.
+pub fn https_client_config(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// A Web PKI verifier (`https_web`) trusting `roots` (DER CA certificates).
+pub fn web_verifier(
+    roots: &[Vec<u8>],
+) -> Result<Arc<dyn rustls::client::danger::ServerCertVerifier>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(rustls_pki_types::CertificateDer::from(r.clone()))
+            .map_err(|e| TlsError::Roots(format!("bad root certificate: {e}")))?;
+    }
+    let v =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
+            .build()
+            .map_err(|e| TlsError::Roots(e.to_string()))?;
+    Ok(v)
 }
