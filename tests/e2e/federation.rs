@@ -203,3 +203,99 @@ fn two_trust_domains_federate_and_their_workloads_do_mtls() {
     assert!(has_new(&aa), "last good bundle kept");
     drop(impostor);
 }
+
+/// `writ federation create|list|show|update|delete`: a relationship made at run time is
+/// fetched at once, survives a restart, refuses bad input and duplicates; deleting it stops
+/// the fetching but keeps the bundle.
+#[test]
+fn relationships_are_managed_at_run_time() {
+    let work = tempfile::tempdir().unwrap();
+    let pb_port = free_port();
+    let sb = TestServer::start(ServerOpts {
+        trust_domain: "other.org".into(),
+        extra: format!("[federation.bundle_endpoint]\nlisten = \"127.0.0.1:{pb_port}\"\n"),
+        ..ServerOpts::default()
+    });
+    let mut sa = TestServer::start(ServerOpts::default());
+    let boot = work.path().join("other.json");
+    std::fs::write(&boot, sb.bundle().to_json().unwrap()).unwrap();
+    let url = format!("https://127.0.0.1:{pb_port}/");
+    let create = |sa: &TestServer, extra: &[&str]| {
+        let mut args = vec![
+            "federation",
+            "create",
+            "--trust-domain",
+            "other.org",
+            "--bundle-endpoint-url",
+            &url,
+            "--endpoint-spiffe-id",
+            "spiffe://other.org/writ/server",
+        ];
+        args.extend_from_slice(extra);
+        sa.cli(&args)
+    };
+    // Without a first bundle there is nothing to authenticate the endpoint with.
+    let r = create(&sa, &[]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--trust-domain-bundle"), "{}", r.stderr);
+    let r = sa.cli(&[
+        "federation",
+        "create",
+        "--trust-domain",
+        "other.org",
+        "--bundle-endpoint-url",
+        "http://x/",
+        "--endpoint-spiffe-id",
+        "spiffe://other.org/writ/server",
+    ]);
+    assert_eq!(r.code, 2, "{r:?}");
+    create(&sa, &["--trust-domain-bundle", boot.to_str().unwrap()]).ok();
+    let again = create(&sa, &["--trust-domain-bundle", boot.to_str().unwrap()]);
+    assert!(
+        again.code != 0 && again.stderr.contains("exists"),
+        "{again:?}"
+    );
+    let shown = sa.cli_json(&["federation", "show", "other.org"]);
+    assert_eq!(shown["source"], "api", "{shown}");
+    assert!(shown["bundle_sequence"].as_u64().unwrap() > 0, "{shown}");
+    // It survives a restart, and keeps fetching: a CA prepared there arrives here.
+    sa.kill9();
+    sa.spawn();
+    let list = sa.cli_json(&["federation", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let before = sa.cli(&["bundle", "list", "--output", "json"]).ok().stdout;
+    sb.cli_json(&["authority", "x509", "prepare"]);
+    // The remote refresh hint is 5 min here: an update fetches at once.
+    sa.cli(&[
+        "federation",
+        "update",
+        "--trust-domain",
+        "other.org",
+        "--bundle-endpoint-url",
+        &url,
+        "--endpoint-spiffe-id",
+        "spiffe://other.org/writ/server",
+    ])
+    .ok();
+    eventually(
+        "the prepared CA is fetched",
+        Duration::from_secs(60),
+        || {
+            let now = sa.cli(&["bundle", "list", "--output", "json"]).ok().stdout;
+            (now != before).then_some(())
+        },
+    );
+    sa.cli(&["federation", "delete", "other.org"]).ok();
+    assert!(sa
+        .cli_json(&["federation", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let gone = sa.cli(&["federation", "delete", "other.org"]);
+    assert!(
+        gone.code != 0 && gone.stderr.contains("no relationship"),
+        "{gone:?}"
+    );
+    let kept = sa.cli(&["bundle", "list", "--output", "json"]).ok().stdout;
+    assert!(kept.contains("other.org"), "the bundle stays: {kept}");
+}

@@ -83,6 +83,9 @@ pub(crate) enum Command {
     /// The CA's X.509 authorities and JWT keys: rotation on demand.
     #[command(subcommand)]
     Authority(AuthorityCmd),
+    /// Federation relationships: trust domains whose bundles the server fetches.
+    #[command(subcommand)]
+    Federation(FederationCmd),
     /// WIT-SVIDs (key-bound workload identity tokens) and Workload Proof Tokens.
     #[command(subcommand)]
     Wit(WitCmd),
@@ -521,6 +524,55 @@ pub(crate) enum BundleCmd {
         file: PathBuf,
     },
     /// Deletes a federated bundle.
+    Delete {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Trust domain.
+        #[arg(value_parser = parse_td)]
+        trust_domain: TrustDomain,
+    },
+}
+
+/// The fields of `federation create` and `federation update`.
+#[derive(Debug, Args)]
+pub(crate) struct FederationFields {
+    #[command(flatten)]
+    pub(crate) socket: AdminSocket,
+    /// The partner trust domain.
+    #[arg(long, value_parser = parse_td)]
+    pub(crate) trust_domain: TrustDomain,
+    /// Its bundle endpoint (`https://host:port/path`).
+    #[arg(long)]
+    pub(crate) bundle_endpoint_url: String,
+    /// How the endpoint authenticates (run-time relationships: https_spiffe).
+    #[arg(long, default_value = "https_spiffe")]
+    pub(crate) profile: String,
+    /// The endpoint's SPIFFE ID (e.g. `spiffe://partner.example/writ/server`).
+    #[arg(long)]
+    pub(crate) endpoint_spiffe_id: String,
+    /// The partner's first bundle (SPIFFE bundle JSON or PEM), to authenticate its endpoint
+    /// until the first fetch; required on create unless its bundle is already set.
+    #[arg(long)]
+    pub(crate) trust_domain_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FederationCmd {
+    /// Creates a relationship; its bundle is fetched at once and then at its refresh hint.
+    Create(FederationFields),
+    /// Changes a relationship made with `create`.
+    Update(FederationFields),
+    /// Lists the relationships (config file and run time).
+    List(AdminSocket),
+    /// Shows one relationship.
+    Show {
+        #[command(flatten)]
+        socket: AdminSocket,
+        /// Trust domain.
+        #[arg(value_parser = parse_td)]
+        trust_domain: TrustDomain,
+    },
+    /// Deletes a run-time relationship (its bundle stays until `writ bundle delete`).
     Delete {
         #[command(flatten)]
         socket: AdminSocket,

@@ -9,6 +9,7 @@ mod args;
 mod audit;
 mod authority;
 mod dev;
+mod federation;
 mod files;
 mod output;
 mod policy;
@@ -136,6 +137,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Authority(c) => authority::run(c, out).await,
         Command::Task(c) => task::run(c, out).await,
         Command::Wit(c) => wit::run(c, out).await,
+        Command::Federation(c) => federation::run(c, out).await,
         Command::Bundle(c) => admin::bundle(c, out).await,
         Command::X509(c) => admin::x509(c, out).await,
         Command::Jwt(JwtCmd::Mint {

@@ -247,11 +247,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             }
         }));
     }
-    for rel in cfg.federation.relationships.clone() {
-        background.push(tokio::spawn(crate::federation::fetch::run(
-            state.clone(),
-            rel,
-        )));
+    if let Err(e) = state.start_federations().await {
+        tracing::error!(error = %e, "federation relationships not started");
     }
     if let Some(o) = cfg.oidc.clone() {
         let st = state.clone();

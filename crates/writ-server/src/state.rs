@@ -83,6 +83,8 @@ pub struct ServerState {
     pub(crate) policy: crate::policy::Policies,
     /// Task identities, running and recently ended.
     pub(crate) tasks: crate::tasks::TaskBook,
+    /// Federation relationships in force.
+    pub(crate) federations: crate::federation::manage::Federations,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -148,6 +150,7 @@ impl ServerState {
             revocations: Revocations::new(p.revocations),
             policy: p.policy,
             tasks: crate::tasks::TaskBook::new(p.tasks),
+            federations: Default::default(),
         })
     }
 

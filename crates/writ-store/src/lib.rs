@@ -252,4 +252,9 @@ pub trait Store: Send + Sync {
     fn list_tasks(&self) -> Result<Vec<Task>, StoreError>;
     /// Forgets task records (long ended or expired), durably.
     fn delete_tasks(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    /// Stores the run-time federation relationships (opaque bytes), durably.
+    fn put_federations(&self, list: &[u8]) -> Result<(), StoreError>;
+    /// The run-time federation relationships, if stored.
+    fn get_federations(&self) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -21,6 +21,8 @@ const REV_KEY: &[u8] = b"rev";
 /// The revocation list (serials and `jti`s revoked and not yet expired), JSON.
 const REVOCATIONS_KEY: &[u8] = b"revocations";
 const CA_KEY: &[u8] = b"ca";
+/// Run-time federation relationships, JSON.
+const FEDERATIONS_KEY: &[u8] = b"federations";
 
 /// The embedded sled datastore.
 pub struct SledStore {
@@ -667,6 +669,15 @@ impl Store for SledStore {
 
     fn list_tasks(&self) -> Result<Vec<Task>, StoreError> {
         self.tasks.iter().values().map(|v| dec(&v?)).collect()
+    }
+
+    fn put_federations(&self, list: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(FEDERATIONS_KEY, list)?;
+        self.flush()
+    }
+
+    fn get_federations(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(FEDERATIONS_KEY)?.map(|v| v.to_vec()))
     }
 
     fn delete_tasks(&self, ids: &[String]) -> Result<(), StoreError> {

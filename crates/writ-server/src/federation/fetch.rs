@@ -191,10 +191,16 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + f64::from(b[0]) / 255.0 * 0.4)
 }
 
-/// Keeps `rel`'s bundle fresh until the task is dropped.
-pub(crate) async fn run(state: Arc<ServerState>, rel: Relationship) {
+/// Keeps the bundle of `td`'s relationship fresh while the relationship exists (it is read
+/// again before every fetch, so an update applies at the next one and a deletion ends the
+/// loop) and the server runs.
+pub(crate) async fn run(state: Arc<ServerState>, td: writ_core::TrustDomain) {
     let mut failures = 0u32;
+    let mut events = state.events.subscribe();
     loop {
+        let Some(rel) = state.federations.get(&td).await else {
+            return;
+        };
         let wait = match fetch_once(&state, &rel).await {
             Ok(_) => {
                 failures = 0;
@@ -218,7 +224,18 @@ pub(crate) async fn run(state: Arc<ServerState>, rel: Relationship) {
                 Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
             }
         };
-        tokio::time::sleep(jitter(wait)).await;
+        let sleep = tokio::time::sleep(jitter(wait));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                ev = events.recv() => match ev {
+                    Ok(crate::state::Event::Shutdown)
+                    | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                },
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub(crate) mod endpoint;
 pub(crate) mod fetch;
+pub(crate) mod manage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -512,6 +512,27 @@ impl Admin for AdminApi {
         self.governance_get_crl(req).await
     }
 
+    async fn set_federation(
+        &self,
+        req: Request<pb::SetFederationRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        self.federation_set(req).await
+    }
+
+    async fn list_federations(
+        &self,
+        req: Request<pb::ListFederationsRequest>,
+    ) -> Result<Response<pb::ListFederationsResponse>, Status> {
+        self.federation_list(req).await
+    }
+
+    async fn delete_federation(
+        &self,
+        req: Request<pb::DeleteFederationRequest>,
+    ) -> Result<Response<pb::DeleteFederationResponse>, Status> {
+        self.federation_delete(req).await
+    }
+
     async fn show_policy(
         &self,
         req: Request<pb::ShowPolicyRequest>,

@@ -10,6 +10,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod edge;
+pub(crate) mod federation;
 pub(crate) mod governance;
 pub(crate) mod node;
 pub(crate) mod status;

@@ -204,3 +204,17 @@ impl From<TaskError> for Status {
         }
     }
 }
+
+impl From<crate::federation::manage::FederationError> for Status {
+    fn from(e: crate::federation::manage::FederationError) -> Self {
+        use crate::federation::manage::FederationError as F;
+        match e {
+            F::Invalid(_) => Status::invalid_argument(e.to_string()),
+            F::Exists(_) => Status::already_exists(e.to_string()),
+            F::NotFound(_) => Status::not_found(e.to_string()),
+            F::FromConfig(_) => Status::failed_precondition(e.to_string()),
+            F::Store(s) => store(s),
+            F::Bundle(b) => b.into(),
+        }
+    }
+}
