@@ -76,34 +76,31 @@ async fn set(f: FederationFields, create: bool, output: Output) -> Result<(), Cl
     Ok(())
 }
 
+async fn list(socket: &std::path::Path) -> Result<Vec<pb::FederationRelationship>, CliError> {
+    let mut c = connect(socket).await?;
+    Ok(c.list_federations(pb::ListFederationsRequest {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .relationships)
+}
+
 /// Runs the federation commands.
 pub(crate) async fn run(cmd: FederationCmd, output: Output) -> Result<(), CliError> {
     match cmd {
         FederationCmd::Create(f) => set(f, true, output).await,
         FederationCmd::Update(f) => set(f, false, output).await,
         FederationCmd::List(socket) => {
-            let mut c = connect(&socket.socket).await?;
-            let r = c
-                .list_federations(pb::ListFederationsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
-            print(output, &r.relationships, false);
+            print(output, &list(&socket.socket).await?, false);
             Ok(())
         }
         FederationCmd::Show {
             socket,
             trust_domain,
         } => {
-            let mut c = connect(&socket.socket).await?;
-            let r = c
-                .list_federations(pb::ListFederationsRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
             let want = trust_domain.to_string();
-            let found: Vec<_> = r
-                .relationships
+            let found: Vec<_> = list(&socket.socket)
+                .await?
                 .into_iter()
                 .filter(|x| x.trust_domain == want)
                 .collect();
