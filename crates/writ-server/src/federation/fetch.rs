@@ -349,6 +349,44 @@ mod tests {
         let mut own = good.clone();
         own.trust_domain = st.cfg.trust_domain.clone();
         assert!(st.set_federated_bundle(own).is_err());
+
+        // The https_web endpoint itself: a configured certificate, the own bundle served.
+        let cert = dir.path().join("endpoint.pem");
+        let keyf = dir.path().join("endpoint.key");
+        std::fs::write(
+            &cert,
+            writ_core::pem::encode_many("CERTIFICATE", svid.chain.iter().map(Vec::as_slice)),
+        )
+        .unwrap();
+        std::fs::write(&keyf, key.to_pem()).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        tokio::spawn(crate::federation::endpoint::serve(
+            crate::federation::BundleEndpoint {
+                listen: format!("127.0.0.1:{port}").parse().unwrap(),
+                profile: crate::federation::EndpointProfile::HttpsWeb {
+                    cert_file: cert,
+                    key_file: keyf,
+                },
+            },
+            st.clone(),
+        ));
+        let roots =
+            writ_core::pem::decode_label(&st.bundles.borrow().own.x509_pem(), "CERTIFICATE")
+                .unwrap();
+        let url = format!("https://localhost:{port}/");
+        let mut body = Err(String::new());
+        for _ in 0..50 {
+            body = get(&url, writ_tls::web_verifier(&roots).unwrap()).await;
+            if body.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let served = Bundle::from_json(st.cfg.trust_domain.clone(), &body.unwrap()).unwrap();
+        assert!(served.same_content(&st.bundles.borrow().own));
         srv.shutdown(Duration::from_secs(5)).await.unwrap();
     }
 }
