@@ -15,6 +15,7 @@
 )]
 
 mod governance;
+mod peers;
 mod procs;
 mod sections;
 mod tasks;
@@ -158,6 +159,34 @@ fn machine() -> String {
     )
 }
 
+/// The sections, in the order they run.
+const SECTIONS: [&str; 10] = [
+    "issuance",
+    "latency",
+    "propagation",
+    "scale",
+    "storm",
+    "governance",
+    "tasks",
+    "peers",
+    "all",
+    "smoke",
+];
+
+/// writ's benchmark suite: one table, every figure next to a baseline measured in the same run.
+#[derive(clap::Parser)]
+#[command(name = "writ-bench")]
+struct Cli {
+    /// Sections to run (default: all). `smoke` runs every section with tiny sizes (numbers not
+    /// meaningful; CI uses it to keep the suite working). `peers` needs cfssl
+    /// (`apt-get install golang-cfssl`) and says so without it.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(SECTIONS))]
+    sections: Vec<String>,
+    /// Replace the generated block of docs/benchmarks.md with the table (not in smoke mode).
+    #[arg(long)]
+    write: bool,
+}
+
 fn main() {
     if let Ok(f) = std::env::var("WRIT_LOG") {
         tracing_subscriber::fmt()
@@ -165,13 +194,9 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let write = args.iter().any(|a| a == "--write");
-    let what: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .collect();
+    let cli = <Cli as clap::Parser>::parse();
+    let write = cli.write;
+    let what: Vec<&str> = cli.sections.iter().map(String::as_str).collect();
     let smoke = what.contains(&"smoke");
     let sizes = if smoke { Sizes::smoke() } else { Sizes::full() };
     let all = what.is_empty() || what.contains(&"all") || smoke;
@@ -210,6 +235,10 @@ fn main() {
         if want("tasks") {
             eprintln!("== tasks");
             rows.extend(tasks::tasks(&sizes).await);
+        }
+        if want("peers") {
+            eprintln!("== peers");
+            rows.extend(peers::peers(&sizes).await);
         }
     });
     let t = table(&rows);

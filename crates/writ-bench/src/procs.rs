@@ -12,7 +12,7 @@ use writ_testkit::{free_port, rss_kib, writ_bin};
 use crate::sections::{entry, percentile, sim_agent, td};
 use crate::{Row, Sizes};
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -21,10 +21,10 @@ impl Drop for Proc {
     }
 }
 
-struct ServerProc {
-    proc: Proc,
-    addr: String,
-    admin: PathBuf,
+pub(crate) struct ServerProc {
+    pub(crate) proc: Proc,
+    pub(crate) addr: String,
+    pub(crate) admin: PathBuf,
 }
 
 fn server_config(dir: &Path, port: u16) -> PathBuf {
@@ -43,7 +43,7 @@ fn server_config(dir: &Path, port: u16) -> PathBuf {
 }
 
 /// Starts `writ server run` and returns it with its start-up time (spawn to first admin answer).
-async fn spawn_server(dir: &Path) -> (ServerProc, Duration) {
+pub(crate) async fn spawn_server(dir: &Path) -> (ServerProc, Duration) {
     let port = loop {
         let p = free_port();
         if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
@@ -82,7 +82,7 @@ async fn spawn_server(dir: &Path) -> (ServerProc, Duration) {
     )
 }
 
-async fn own_bundle(admin: &Path) -> writ_core::Bundle {
+pub(crate) async fn own_bundle(admin: &Path) -> writ_core::Bundle {
     let mut c = writ_server::client::admin_client(admin).await.unwrap();
     let b = c
         .get_bundle(pb::GetBundleRequest {})
@@ -92,7 +92,7 @@ async fn own_bundle(admin: &Path) -> writ_core::Bundle {
     writ_proto::convert::bundle_from_pb(&b).unwrap()
 }
 
-async fn token(admin: &Path, alias: &str) -> String {
+pub(crate) async fn token(admin: &Path, alias: &str) -> String {
     let mut c = writ_server::client::admin_client(admin).await.unwrap();
     c.create_join_token(pb::CreateJoinTokenRequest {
         spiffe_id: format!("spiffe://example.org/node/{alias}"),
