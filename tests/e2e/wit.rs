@@ -43,6 +43,20 @@ fn jose(py: &str, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap().trim().to_owned()
 }
 
+/// `writ wit validate` through agent `a`.
+fn validate(a: &TestAgent, audience: &str, wit: &str, wpt: &str) -> Run {
+    a.cli(&[
+        "wit",
+        "validate",
+        "--audience",
+        audience,
+        "--wit",
+        wit,
+        "--wpt",
+        wpt,
+    ])
+}
+
 fn claims(token: &str, part: usize) -> Value {
     use base64::Engine;
     let p = token.split('.').nth(part).unwrap();
@@ -96,16 +110,7 @@ fn wit_svids_and_proofs_interoperate_with_an_independent_jose_library() {
         assert_eq!(sub, "spiffe://example.org/web");
         // PyJWT's proof (with the key FetchWITSVID returned), checked by the agent.
         let py_wpt = jose(&py, &["prove", &wit, &key, aud]);
-        let v = a.cli(&[
-            "wit",
-            "validate",
-            "--audience",
-            aud,
-            "--wit",
-            &wit,
-            "--wpt",
-            &py_wpt,
-        ]);
+        let v = validate(&a, aud, &wit, &py_wpt);
         assert_eq!(v.code, 0, "{v:?}");
     }
 
@@ -124,30 +129,12 @@ fn wit_svids_and_proofs_interoperate_with_an_independent_jose_library() {
     assert_eq!(v.code, 0, "{v:?}");
     assert_eq!(v.json()["spiffe_id"], "spiffe://example.org/web");
     // The same proof again is a replay; a proof for another audience is refused.
-    let again = a.cli(&[
-        "wit",
-        "validate",
-        "--audience",
-        aud,
-        "--wit",
-        &wit,
-        "--wpt",
-        &wpt,
-    ]);
+    let again = validate(&a, aud, &wit, &wpt);
     assert!(
         again.code != 0 && again.stderr.contains("replay"),
         "{again:?}"
     );
-    let other = a.cli(&[
-        "wit",
-        "validate",
-        "--audience",
-        "https://other",
-        "--wit",
-        &wit,
-        "--wpt",
-        &wpt,
-    ]);
+    let other = validate(&a, "https://other", &wit, &wpt);
     assert!(other.code != 0 && other.stderr.contains("aud"), "{other:?}");
     // A JWT-SVID is not a WIT-SVID.
     let jwt = a
@@ -156,16 +143,7 @@ fn wit_svids_and_proofs_interoperate_with_an_independent_jose_library() {
         .stdout
         .trim()
         .to_owned();
-    let bad = a.cli(&[
-        "wit",
-        "validate",
-        "--audience",
-        aud,
-        "--wit",
-        &jwt,
-        "--wpt",
-        &wpt,
-    ]);
+    let bad = validate(&a, aud, &jwt, &wpt);
     assert!(bad.code != 0 && bad.stderr.contains("typ"), "{bad:?}");
 
     // Issued and delivered are in the journal.
@@ -237,32 +215,13 @@ fn a_task_wit_svid_is_refused_by_the_proof_checker_once_the_task_ended() {
             .to_owned()
     };
     let wpt = proof(&a);
-    a.cli(&[
-        "wit",
-        "validate",
-        "--audience",
-        aud,
-        "--wit",
-        &wit,
-        "--wpt",
-        &wpt,
-    ])
-    .ok();
+    validate(&a, aud, &wit, &wpt).ok();
     a.cli(&["task", "end", t["task_id"].as_str().unwrap()]).ok();
     eventually(
         "the ended task's WIT-SVID is refused",
         Duration::from_secs(30),
         || {
-            let v = a.cli(&[
-                "wit",
-                "validate",
-                "--audience",
-                aud,
-                "--wit",
-                &wit,
-                "--wpt",
-                &proof(&a),
-            ]);
+            let v = validate(&a, aud, &wit, &proof(&a));
             (v.code != 0 && v.stderr.contains("revoked")).then_some(())
         },
     );

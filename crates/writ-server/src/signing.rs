@@ -146,15 +146,34 @@ impl ServerState {
         self.metrics.jwt_signed.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
-    /// Mints a JWT-SVID of entry `entry_id` for `node`: the entry must be authorised for it
-    /// before minting and still be, unchanged, after (as for X509-SVIDs: nothing for an entry
-    /// deleted or withdrawn while it was minted).
+    /// Mints a JWT-SVID of entry `entry_id` for `node` (see [`ServerState::mint_token_for`]).
     pub(crate) fn mint_jwt_for(
         &self,
         node: &AttestedNode,
         entry_id: &str,
         audience: &[String],
     ) -> Result<(MintedJwt, Arc<Entry>), SignError> {
+        self.mint_token_for(
+            node,
+            entry_id,
+            writ_policy::Action::MintJwt,
+            audience,
+            |e, ttl| self.mint_jwt(&e.spiffe_id, audience, ttl),
+        )
+    }
+
+    /// A token (JWT-SVID, WIT-SVID) of entry `entry_id` for `node`, made by `mint` with the
+    /// entry's JWT lifetime: the entry must be authorised for the agent before minting,
+    /// permitted by policy (`action`), and still authorised, unchanged, after (as for
+    /// X509-SVIDs: nothing for an entry deleted or withdrawn while it was minted).
+    pub(crate) fn mint_token_for<T>(
+        &self,
+        node: &AttestedNode,
+        entry_id: &str,
+        action: writ_policy::Action,
+        audience: &[String],
+        mint: impl FnOnce(&Entry, i64) -> Result<T, SignError>,
+    ) -> Result<(T, Arc<Entry>), SignError> {
         let entry = self
             .authorized_for(node, &[entry_id])?
             .pop()
@@ -168,7 +187,7 @@ impl ServerState {
             self.cfg.default_jwt_svid_ttl
         };
         let req = writ_policy::MintRequest {
-            action: writ_policy::Action::MintJwt,
+            action,
             principal: crate::policy::workload(&entry, node),
             spiffe_id: entry.spiffe_id.to_string(),
             ttl,
@@ -181,7 +200,7 @@ impl ServerState {
                 self.denial_record(writ_audit::Actor::agent(node.spiffe_id.as_str()), &req, &d);
             return Err(SignError::Denied(d.with_record(rec)));
         }
-        let out = self.mint_jwt(&entry.spiffe_id, audience, ttl)?;
+        let out = mint(&entry, ttl)?;
         if !self
             .still_authorised(node, std::slice::from_ref(&entry))?
             .iter()

@@ -41,8 +41,8 @@ impl ServerState {
         Ok(MintedWit { token, exp, jti })
     }
 
-    /// A WIT-SVID of entry `entry_id` for `node`, as [`ServerState::mint_jwt_for`] does for
-    /// JWT-SVIDs: authorised before, decided by policy, still authorised after.
+    /// A WIT-SVID of entry `entry_id` for `node` bound to `point` (see
+    /// [`ServerState::mint_token_for`]).
     pub(crate) fn mint_wit_for(
         &self,
         node: &AttestedNode,
@@ -50,43 +50,12 @@ impl ServerState {
         point: &[u8],
     ) -> Result<(MintedWit, Arc<Entry>), SignError> {
         let cnf = cnf_key(point)?;
-        let entry = self
-            .authorized_for(node, &[entry_id])?
-            .pop()
-            .ok_or_else(|| SignError::NotAuthorised {
-                agent: node.spiffe_id.clone(),
-                entry: entry_id.to_owned(),
-            })?;
-        let ttl = if entry.jwt_svid_ttl > 0 {
-            entry.jwt_svid_ttl as i64
-        } else {
-            self.cfg.default_jwt_svid_ttl
-        };
-        let req = writ_policy::MintRequest {
-            action: writ_policy::Action::MintWit,
-            principal: crate::policy::workload(&entry, node),
-            spiffe_id: entry.spiffe_id.to_string(),
-            ttl,
-            audiences: Vec::new(),
-            now: writ_core::now_unix(),
-            purpose: String::new(),
-        };
-        if let Err(d) = self.decide(&req, &entry.id) {
-            let rec =
-                self.denial_record(writ_audit::Actor::agent(node.spiffe_id.as_str()), &req, &d);
-            return Err(SignError::Denied(d.with_record(rec)));
-        }
-        let out = self.mint_wit(&entry.spiffe_id, &cnf, ttl)?;
-        if !self
-            .still_authorised(node, std::slice::from_ref(&entry))?
-            .iter()
-            .all(|ok| *ok)
-        {
-            return Err(SignError::Withdrawn {
-                entry: entry.id.clone(),
-                agent: node.spiffe_id.clone(),
-            });
-        }
-        Ok((out, entry))
+        self.mint_token_for(
+            node,
+            entry_id,
+            writ_policy::Action::MintWit,
+            &[],
+            |e, ttl| self.mint_wit(&e.spiffe_id, &cnf, ttl),
+        )
     }
 }

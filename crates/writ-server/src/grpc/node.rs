@@ -13,13 +13,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use writ_ca::MintedSvid;
 use writ_core::SpiffeId;
+use writ_core::{AttestedNode, Entry};
 use writ_proto::convert::{bundle_to_pb, task_to_pb};
 use writ_proto::v1 as pb;
 use writ_proto::v1::node_server::Node;
 
 use super::edge::caller;
 use crate::bundles::BundleSet;
-use crate::signing::SigningQueue;
+use crate::signing::{SignError, SigningQueue};
 use crate::state::ServerState;
 
 /// The Node service.
@@ -36,6 +37,49 @@ impl NodeApi {
             queue: SigningQueue::new(state.clone()),
             state,
         }
+    }
+
+    /// A policy denial is journalled (`policy.denied`) before it is answered.
+    async fn noting_denial<T>(&self, r: Result<T, SignError>) -> Result<T, Status> {
+        match r {
+            Err(SignError::Denied(d)) => {
+                if let Some(rec) = d.1.clone() {
+                    self.state.audit.note(vec![*rec]).await;
+                }
+                Err(SignError::Denied(d).into())
+            }
+            r => r.map_err(Status::from),
+        }
+    }
+
+    /// Journals a token's issue record (durably, before it is answered) and, for a
+    /// break-glass entry, its use: counted, logged loudly, journalled.
+    async fn record_token(
+        &self,
+        node: &AttestedNode,
+        entry: &Entry,
+        issued: writ_audit::NewRecord,
+        jti: &str,
+    ) -> Result<(), Status> {
+        let mut recs = vec![issued];
+        if entry.break_glass {
+            self.state
+                .metrics
+                .break_glass
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, jti, "BREAK-GLASS token issued");
+            recs.push(crate::audit::events::break_glass_used(
+                writ_audit::Actor::agent(node.spiffe_id.as_str()),
+                entry,
+                None,
+                Some(jti),
+            ));
+        }
+        self.state
+            .audit
+            .record(recs)
+            .await
+            .map_err(|e| Status::from(SignError::from(e)))
     }
 
     /// The message carrying an agent's new SVID, with the current own bundle.
@@ -172,16 +216,9 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::MintJwtResponse>, Status> {
         let node = caller(&req)?.node;
         let r = req.get_ref();
-        let (jwt, entry) = match self.state.mint_jwt_for(&node, &r.entry_id, &r.audience) {
-            Ok(x) => x,
-            Err(crate::signing::SignError::Denied(d)) => {
-                if let Some(rec) = d.1.clone() {
-                    self.state.audit.note(vec![*rec]).await;
-                }
-                return Err(crate::signing::SignError::Denied(d).into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (jwt, entry) = self
+            .noting_denial(self.state.mint_jwt_for(&node, &r.entry_id, &r.audience))
+            .await?;
         let rec = crate::audit::events::jwt_issued(
             writ_audit::Actor::agent(node.spiffe_id.as_str()),
             entry.spiffe_id.as_str(),
@@ -190,25 +227,7 @@ impl Node for NodeApi {
             &r.audience,
             jwt.exp,
         );
-        let mut recs = vec![rec];
-        if entry.break_glass {
-            self.state
-                .metrics
-                .break_glass
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, jti = %jwt.jti, "BREAK-GLASS JWT-SVID issued");
-            recs.push(crate::audit::events::break_glass_used(
-                writ_audit::Actor::agent(node.spiffe_id.as_str()),
-                &entry,
-                None,
-                Some(&jwt.jti),
-            ));
-        }
-        self.state
-            .audit
-            .record(recs)
-            .await
-            .map_err(crate::signing::SignError::from)?;
+        self.record_token(&node, &entry, rec, &jwt.jti).await?;
         Ok(Response::new(pb::MintJwtResponse {
             token: jwt.token,
             expires_at: jwt.exp,
@@ -221,27 +240,17 @@ impl Node for NodeApi {
     ) -> Result<Response<pb::MintWitResponse>, Status> {
         let node = caller(&req)?.node;
         let r = req.get_ref();
-        let (wit, entry) = match self.state.mint_wit_for(&node, &r.entry_id, &r.public_key) {
-            Ok(x) => x,
-            Err(crate::signing::SignError::Denied(d)) => {
-                if let Some(rec) = d.1.clone() {
-                    self.state.audit.note(vec![*rec]).await;
-                }
-                return Err(crate::signing::SignError::Denied(d).into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.state
-            .audit
-            .record(vec![crate::audit::events::wit_issued(
-                writ_audit::Actor::agent(node.spiffe_id.as_str()),
-                entry.spiffe_id.as_str(),
-                &entry.id,
-                &wit.jti,
-                wit.exp,
-            )])
-            .await
-            .map_err(crate::signing::SignError::from)?;
+        let (wit, entry) = self
+            .noting_denial(self.state.mint_wit_for(&node, &r.entry_id, &r.public_key))
+            .await?;
+        let rec = crate::audit::events::wit_issued(
+            writ_audit::Actor::agent(node.spiffe_id.as_str()),
+            entry.spiffe_id.as_str(),
+            &entry.id,
+            &wit.jti,
+            wit.exp,
+        );
+        self.record_token(&node, &entry, rec, &wit.jti).await?;
         Ok(Response::new(pb::MintWitResponse {
             token: wit.token,
             expires_at: wit.exp,
