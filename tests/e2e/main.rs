@@ -12,6 +12,7 @@ mod audit;
 mod authority;
 mod durability;
 mod federation;
+mod ha;
 mod mtls_example;
 mod nodes;
 mod oidc;

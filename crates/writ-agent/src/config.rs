@@ -1,4 +1,8 @@
 //! The agent's TOML config (contract.md). Unknown keys are refused and errors name the key.
+//!
+//! `server_address` is one `"host:port"` or a list of them (servers of one trust domain that
+//! the agent fails over among, see `failover`); either way it is validated here, so
+//! the session loop never meets an address it cannot even try.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +18,8 @@ pub use crate::node_attest::NodeAttestorConfig;
 #[serde(deny_unknown_fields)]
 struct Raw {
     trust_domain: String,
-    server_address: String,
+    /// A string or an array of strings: checked by [`server_addresses`].
+    server_address: toml::Value,
     socket_path: PathBuf,
     admin_socket: PathBuf,
     data_dir: PathBuf,
@@ -44,8 +49,10 @@ struct RawWorkloadApi {
 pub struct AgentConfig {
     /// Trust domain.
     pub trust_domain: TrustDomain,
-    /// Server `host:port`.
+    /// The first of `server_addresses` (for callers that know one server).
     pub server_address: String,
+    /// Servers as `host:port`, in the configured order: at least one, each once.
+    pub server_addresses: Vec<String>,
     /// Workload API socket.
     pub socket_path: PathBuf,
     /// Agent admin socket (private).
@@ -91,12 +98,7 @@ impl AgentConfig {
             toml::from_str(text).map_err(|e| parse_error(text, e.message(), e.span()))?;
         let trust_domain =
             TrustDomain::new(&raw.trust_domain).map_err(|e| invalid("trust_domain", e))?;
-        if raw.server_address.is_empty() || !raw.server_address.contains(':') {
-            return Err(invalid(
-                "server_address",
-                format!("`{}` is not host:port", raw.server_address),
-            ));
-        }
+        let server_addresses = server_addresses(raw.server_address)?;
         for (key, p) in [
             ("socket_path", &raw.socket_path),
             ("admin_socket", &raw.admin_socket),
@@ -147,7 +149,9 @@ impl AgentConfig {
         };
         Ok(AgentConfig {
             trust_domain,
-            server_address: raw.server_address,
+            // `server_addresses` is never empty (checked above).
+            server_address: server_addresses.first().cloned().unwrap_or_default(),
+            server_addresses,
             socket_path: raw.socket_path,
             admin_socket: raw.admin_socket,
             data_dir: raw.data_dir,
@@ -157,6 +161,77 @@ impl AgentConfig {
             workload_limits,
         })
     }
+}
+
+/// `server_address`: one `"host:port"` or a non-empty array of them, none twice.
+fn server_addresses(v: toml::Value) -> Result<Vec<String>, ConfigError> {
+    const KEY: &str = "server_address";
+    let list = match v {
+        toml::Value::String(s) => vec![s],
+        toml::Value::Array(items) if items.is_empty() => {
+            return Err(invalid(
+                KEY,
+                "the list is empty; give at least one \"host:port\"",
+            ))
+        }
+        toml::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                toml::Value::String(s) => Ok(s),
+                other => Err(invalid(
+                    KEY,
+                    format!(
+                        "entry {} is not a \"host:port\" string (found {})",
+                        i + 1,
+                        other.type_str()
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "must be a \"host:port\" string or an array of them (found {})",
+                    other.type_str()
+                ),
+            ))
+        }
+    };
+    for (i, a) in list.iter().enumerate() {
+        if let Err(why) = check_host_port(a) {
+            return Err(invalid(KEY, format!("`{a}` is not host:port: {why}")));
+        }
+        if list[..i].contains(a) {
+            return Err(invalid(KEY, format!("`{a}` is listed twice")));
+        }
+    }
+    Ok(list)
+}
+
+/// A `host:port` the resolver can take: a non-empty host (a name, an IPv4 address or a
+/// bracketed IPv6 address) and a port from 1 to 65535, with nothing else around them.
+fn check_host_port(a: &str) -> Result<(), &'static str> {
+    let (host, port) = a.rsplit_once(':').ok_or("no `:port`")?;
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if port.is_empty()
+        || !port.bytes().all(|b| b.is_ascii_digit())
+        || port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err("the port must be a number from 1 to 65535");
+    }
+    if host.contains(['/', '@', '?', '#'])
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("give the host and port alone, without a scheme or path");
+    }
+    if host.starts_with('[') != host.ends_with(']') {
+        return Err("unbalanced brackets around the IPv6 address");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -179,6 +254,66 @@ trust_bundle_path = "/etc/writ/bootstrap.pem"
         let c = AgentConfig::parse(GOOD).unwrap();
         assert_eq!(c.node_attestor.name, "join_token");
         assert!(c.node_attestor.table.is_empty());
+    }
+
+    #[test]
+    fn server_address_is_a_string_or_a_list() {
+        let one = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(one.server_address, "127.0.0.1:8081");
+        assert_eq!(one.server_addresses, ["127.0.0.1:8081"]);
+        let list = AgentConfig::parse(&GOOD.replace(
+            "\"127.0.0.1:8081\"",
+            "[\"writ-1.example.org:8081\", \"10.0.0.2:8081\", \"[fd00::3]:8081\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            list.server_addresses,
+            ["writ-1.example.org:8081", "10.0.0.2:8081", "[fd00::3]:8081"]
+        );
+        assert_eq!(list.server_address, "writ-1.example.org:8081");
+        // A list of one is the same as the string.
+        let single =
+            AgentConfig::parse(&GOOD.replace("\"127.0.0.1:8081\"", "[\"127.0.0.1:8081\"]"))
+                .unwrap();
+        assert_eq!(single.server_addresses, one.server_addresses);
+    }
+
+    #[test]
+    fn bad_server_address_lists_name_the_key() {
+        for (bad, says) in [
+            ("[]", "empty"),
+            (
+                "[\"127.0.0.1:8081\", 8082]",
+                "entry 2 is not a \"host:port\" string (found integer)",
+            ),
+            (
+                "[\"127.0.0.1:8081\", \"nowhere\"]",
+                "`nowhere` is not host:port",
+            ),
+            (
+                "[\"a:1\", [\"b:2\"]]",
+                "entry 2 is not a \"host:port\" string (found array)",
+            ),
+            ("[\"a:1\", \"a:1\"]", "listed twice"),
+            ("8081", "(found integer)"),
+            ("{ host = \"a\" }", "(found table)"),
+            ("\"\"", "is not host:port"),
+            ("\":8081\"", "no host"),
+            ("\"host:\"", "port"),
+            ("\"host:0\"", "port"),
+            ("\"host:65536\"", "port"),
+            ("\"host:+81\"", "port"),
+            ("\"https://host:8081\"", "without a scheme"),
+            ("\"[::1:8081\"", "brackets"),
+        ] {
+            let err = AgentConfig::parse(&GOOD.replace("\"127.0.0.1:8081\"", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("server_address") && err.contains(says),
+                "{bad}: {err} should name server_address and say {says}"
+            );
+        }
     }
 
     #[test]

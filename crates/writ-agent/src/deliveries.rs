@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use writ_proto::v1 as pb;
 
+use crate::failover::ServerGone;
 use crate::node_client::Node;
 
 /// Most events kept waiting for the server.
@@ -215,8 +216,8 @@ impl Deliveries {
     }
 
     /// The reporter for one server session: sends pending events in batches until the
-    /// session ends (the task is aborted then).
-    pub(crate) async fn report(&self, mut client: Node) {
+    /// session ends (the task is aborted then). A server found gone is reported to `gone`.
+    pub(crate) async fn report(&self, mut client: Node, gone: ServerGone) {
         loop {
             let batch: Vec<Delivery> = {
                 let p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -242,6 +243,7 @@ impl Deliveries {
                     }
                 }
                 Err(s) => {
+                    gone.check("ReportDeliveries", &s);
                     tracing::warn!(error = %s.message(), "server did not take delivery records; will retry");
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }

@@ -11,6 +11,7 @@ use tonic::Code;
 use writ_core::Entry;
 use writ_proto::v1 as pb;
 
+use crate::failover::ServerGone;
 use crate::jwt_cache::{JwtCache, Key, MintLimiter};
 use crate::node_client::Node;
 
@@ -20,19 +21,25 @@ pub(crate) const MINT_DEADLINE: Duration = Duration::from_secs(10);
 /// The JWT-SVID path of the Workload API.
 #[derive(Debug, Default)]
 pub(crate) struct JwtMinter {
-    client: Mutex<Option<Node>>,
+    client: Mutex<Option<(Node, ServerGone)>>,
     cache: Mutex<JwtCache>,
     limiter: Mutex<MintLimiter>,
 }
 
 impl JwtMinter {
-    /// The session's server connection (None while disconnected).
-    pub(crate) fn set_client(&self, client: Option<Node>) {
+    /// The session's server connection and its gone signal (None while disconnected).
+    pub(crate) fn set_client(&self, client: Option<(Node, ServerGone)>) {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
     /// The session's server connection, if there is one now (shared with the task service).
     pub(crate) fn client(&self) -> Option<Node> {
+        self.session().map(|(node, _)| node)
+    }
+
+    /// The connection with the signal of the session it belongs to, so that a call failing
+    /// after its session ended cannot end the next one.
+    pub(crate) fn session(&self) -> Option<(Node, ServerGone)> {
         self.client
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -80,12 +87,8 @@ impl JwtMinter {
                 "too many new JWT-SVIDs for uid {uid}; try again shortly"
             )));
         }
-        let client = self
-            .client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut client = client
+        let (mut client, gone) = self
+            .session()
             .ok_or_else(|| tonic::Status::unavailable("agent is not connected to the server"))?;
         let call = client.mint_jwt(pb::MintJwtRequest {
             entry_id: entry.id.clone(),
@@ -99,6 +102,7 @@ impl JwtMinter {
                     MINT_DEADLINE.as_secs()
                 ))
             })?
+            .inspect_err(|s| gone.check("MintJwt", s))
             .map_err(|s| match s.code() {
                 Code::InvalidArgument => s,
                 _ => tonic::Status::unavailable(format!("cannot mint JWT-SVID: {}", s.message())),

@@ -6,7 +6,10 @@
 //! - `node_client`: the TLS channel to the server (server authenticated by SPIFFE ID) and the
 //!   attestation exchange.
 //! - `state`: what the agent knows (identity, trust bundle, the workload view).
-//! - `session`: attest or resume, one mTLS session at a time, renewal, reconnect with backoff.
+//! - `failover`: the servers of `server_address` (every address of every name), round robin
+//!   from a random start, failing over when one goes away.
+//! - `session`: attest or resume, one mTLS session at a time, renewal, fail over or reconnect
+//!   with backoff.
 //! - `sync`: entries and bundles from the server into the cache.
 //! - `signer`: an X509-SVID for every servable entry, rotation with jitter.
 //! - `view`: [`view::WorkloadView`], all the Workload API reads (cache, change signal, JWTs).
@@ -28,6 +31,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod deliveries;
+pub(crate) mod failover;
 pub(crate) mod jwt;
 pub(crate) mod jwt_cache;
 pub mod node_attest;

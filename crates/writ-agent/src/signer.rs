@@ -16,6 +16,7 @@ use writ_core::Entry;
 use writ_proto::v1 as pb;
 
 use crate::cache::{leaf_serial, CachedSvid};
+use crate::failover::ServerGone;
 use crate::node_client::Node;
 use crate::state::AgentState;
 
@@ -53,7 +54,8 @@ fn sign_batches(due: &[Entry]) -> Vec<&[Entry]> {
 
 impl AgentState {
     /// Keeps an SVID for every servable entry: signs what is missing, stale or due for rotation.
-    pub(crate) async fn signer(self: Arc<Self>, client: Node) {
+    /// A batch that finds the server gone is reported to `gone` (the session then fails over).
+    pub(crate) async fn signer(self: Arc<Self>, client: Node, gone: ServerGone) {
         loop {
             let now = writ_core::now_unix();
             let (due, next_wake) = {
@@ -76,7 +78,7 @@ impl AgentState {
             let mut failed = false;
             for batch in sign_batches(&due) {
                 if in_flight.len() >= SIGN_IN_FLIGHT {
-                    failed |= Self::batch_failed(in_flight.join_next().await);
+                    failed |= Self::batch_failed(in_flight.join_next().await, &gone);
                 }
                 if failed {
                     break;
@@ -85,7 +87,7 @@ impl AgentState {
                 in_flight.spawn(async move { this.sign_batch(&mut c, &batch).await });
             }
             while let Some(r) = in_flight.join_next().await {
-                failed |= Self::batch_failed(Some(r));
+                failed |= Self::batch_failed(Some(r), &gone);
             }
             if failed {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -102,9 +104,13 @@ impl AgentState {
     }
 
     /// Logs a failed signing batch; true if it failed.
-    fn batch_failed(r: Option<Result<Result<(), tonic::Status>, tokio::task::JoinError>>) -> bool {
+    fn batch_failed(
+        r: Option<Result<Result<(), tonic::Status>, tokio::task::JoinError>>,
+        gone: &ServerGone,
+    ) -> bool {
         match r {
             Some(Ok(Err(s))) => {
+                gone.check("BatchSignX509", &s);
                 tracing::warn!(error = %s.message(), code = ?s.code(), "signing failed; will retry");
                 true
             }

@@ -116,9 +116,9 @@ async fn mint(view: &WorkloadView, e: &Entry) -> Result<CachedWit, tonic::Status
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?
             .map_err(internal)?;
-    let mut node = view
+    let (mut node, gone) = view
         .jwt
-        .client()
+        .session()
         .ok_or_else(|| tonic::Status::unavailable("agent is not connected to the server"))?;
     let call = node.mint_wit(pb::MintWitRequest {
         entry_id: e.id.clone(),
@@ -126,7 +126,8 @@ async fn mint(view: &WorkloadView, e: &Entry) -> Result<CachedWit, tonic::Status
     });
     let r = tokio::time::timeout(MINT_DEADLINE, call)
         .await
-        .map_err(|_| tonic::Status::unavailable("the server did not answer"))??
+        .map_err(|_| tonic::Status::unavailable("the server did not answer"))?
+        .inspect_err(|s| gone.check("MintWit", s))?
         .into_inner();
     Ok(CachedWit {
         revision: e.revision,

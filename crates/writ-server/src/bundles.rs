@@ -42,18 +42,35 @@ pub struct BundleSet {
 
 impl ServerState {
     /// Recomputes the own bundle from the CA; stores it with a new sequence if it changed.
+    ///
+    /// On a shared store the bundle is the union of every server's authority share (each
+    /// server has its own CA), and the stored bundle is the base: another server may have
+    /// published a newer sequence, which is adopted rather than overwritten.
     pub(crate) fn refresh_own_bundle(&self) -> Result<(), StoreError> {
+        let td = &self.cfg.trust_domain;
         let (roots, jwt, ttl) = {
             let ca = self.ca.read().unwrap_or_else(unpoison);
             (ca.x509_roots(), ca.jwt_authorities(), self.cfg.ca_ttl)
         };
-        let cur = self.bundles.borrow().own.clone();
-        let mut next = Bundle::new(self.cfg.trust_domain.clone());
-        next.x509_authorities = roots;
-        next.jwt_authorities = jwt;
+        let mut share = Bundle::new(td.clone());
+        share.x509_authorities = roots;
+        share.jwt_authorities = jwt;
+        let shares = self.store.put_authority_share(&share)?;
+        let mut next = crate::cluster::union_of(td, shares);
         // Relying parties should look again well within a CA's prepare-to-activate window.
         next.refresh_hint = Some((ttl / 12).clamp(5, 3600) as u64);
+        let published = self.bundles.borrow().own.clone();
+        let cur = match self.store.shared() {
+            true => match self.store.get_bundle(td)? {
+                Some(stored) if stored.sequence > published.sequence => stored,
+                _ => published.clone(),
+            },
+            false => published.clone(),
+        };
         if next.same_content(&cur) && next.refresh_hint == cur.refresh_hint {
+            if cur != published {
+                self.publish_bundles(Some(cur), None);
+            }
             return Ok(());
         }
         next.sequence = cur.sequence + 1;
@@ -79,7 +96,7 @@ impl ServerState {
     }
 
     /// Reloads federated bundles from the store and publishes them.
-    fn reload_federated(&self) -> Result<(), StoreError> {
+    pub(crate) fn reload_federated(&self) -> Result<(), StoreError> {
         let td = &self.cfg.trust_domain;
         let fed: Vec<Bundle> = self
             .store

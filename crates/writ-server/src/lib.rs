@@ -42,6 +42,7 @@ pub(crate) mod authority;
 pub(crate) mod background;
 pub mod bundles;
 pub mod client;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod deliveries;

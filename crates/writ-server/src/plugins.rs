@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use writ_ca::{DiskKeyManager, DiskUpstreamAuthority, KeyManager, UpstreamAuthority};
 use writ_core::config::{invalid, ConfigError};
-use writ_store::{SledStore, Store};
+use writ_store::{PgSettings, PgStore, SledStore, Store};
 
 use crate::config::ServerConfig;
 use crate::plugin::{check, find, settings, Plugin};
@@ -37,7 +37,7 @@ pub(crate) const STORES: &[Plugin<BuildStore>] = &[
     },
     Plugin {
         name: "postgres",
-        check: postgres_not_built,
+        check: check_postgres,
         build: postgres,
     },
 ];
@@ -65,14 +65,75 @@ fn sled(cfg: &ServerConfig, _: &toml::Table) -> Result<Arc<dyn Store>, ServerErr
     Ok(Arc::new(SledStore::open(cfg.data_dir.join("datastore"))?))
 }
 
-const NOT_BUILT: &str = "the postgres datastore is not built yet; use [store.sled] (the default)";
-
-fn postgres_not_built(key: &str, _: &toml::Table) -> Result<(), ConfigError> {
-    Err(invalid(key, NOT_BUILT))
+/// `[store.postgres]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresSettings {
+    /// `postgres://user@host:port/dbname?...` (or the key=value form). A password in it works
+    /// but lands in the config file: prefer `password_file`.
+    url: String,
+    /// A file holding the password (one line).
+    #[serde(default)]
+    password_file: Option<PathBuf>,
 }
 
-fn postgres(_: &ServerConfig, _: &toml::Table) -> Result<Arc<dyn Store>, ServerError> {
-    Err(invalid("store.postgres", NOT_BUILT).into())
+fn check_postgres(key: &str, table: &toml::Table) -> Result<(), ConfigError> {
+    let s: PostgresSettings = settings(key, table)?;
+    if s.url.trim().is_empty() {
+        return Err(invalid(format!("{key}.url"), "is empty"));
+    }
+    Ok(())
+}
+
+/// This server's name among those sharing a database: made once, kept in `data_dir`.
+fn instance_name(cfg: &ServerConfig) -> Result<String, ServerError> {
+    let path = cfg.data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Io {
+                what: format!("cannot read `{}`", path.display()),
+                source,
+            })
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    std::fs::write(&path, format!("{id}\n")).map_err(|source| ServerError::Io {
+        what: format!("cannot write `{}`", path.display()),
+        source,
+    })?;
+    Ok(id)
+}
+
+fn postgres(cfg: &ServerConfig, table: &toml::Table) -> Result<Arc<dyn Store>, ServerError> {
+    let s: PostgresSettings = settings("store.postgres", table)?;
+    let password = match &s.password_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                invalid(
+                    "store.postgres.password_file",
+                    format!("cannot read `{}`: {e}", p.display()),
+                )
+            })?;
+            let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+            if pw.is_empty() || pw.contains('\n') {
+                return Err(invalid(
+                    "store.postgres.password_file",
+                    format!("`{}` must hold the password on one line", p.display()),
+                )
+                .into());
+            }
+            Some(pw)
+        }
+    };
+    Ok(Arc::new(PgStore::open(PgSettings {
+        url: s.url,
+        password,
+        instance: instance_name(cfg)?,
+    })?))
 }
 
 fn disk_keys(cfg: &ServerConfig, _: &toml::Table) -> Result<Arc<dyn KeyManager>, ServerError> {

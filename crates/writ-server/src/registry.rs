@@ -84,7 +84,7 @@ impl ServerState {
     /// carries the entry as it was before (`previous`), so sync streams can tell that the change
     /// concerns an agent the old version concerned (an entry moved away, a node alias turned
     /// into a plain entry), as the revision log does for resuming agents.
-    fn publish(&self, mut change: Change) {
+    pub(crate) fn publish(&self, mut change: Change) {
         {
             let mut idx = self.index.write().unwrap_or_else(unpoison);
             let old = idx.apply(&change);
@@ -99,6 +99,21 @@ impl ServerState {
         let _ = self.events.send(Event::Entry(Arc::new(change)));
     }
 
+    /// Publishes a change this server just committed (the caller holds `write_lock`). On a
+    /// shared store, other servers may have committed revisions just below it that this
+    /// server has not applied yet: it catches up through the log instead, so the index and
+    /// the streams still see every revision once and in order.
+    /// The write is durable whatever happens here: a failed read of the log is logged and
+    /// left to the follower (`cluster`), which catches up on its next notice or tick.
+    fn committed(&self, change: Change) {
+        if !self.store.shared() {
+            return self.publish(change);
+        }
+        if let Err(e) = self.catch_up_locked() {
+            tracing::warn!(error = %e, revision = change.revision, "committed, but could not read the revision log yet; the follower will apply it");
+        }
+    }
+
     /// Validates and creates an entry.
     pub async fn create_entry(&self, mut e: Entry) -> Result<Entry, RegistryError> {
         self.check_entry(&mut e)?;
@@ -106,7 +121,7 @@ impl ServerState {
         e.created_at = writ_core::now_unix();
         let _g = self.write_lock.lock().await;
         let created = self.store.create_entry(e)?;
-        self.publish(Change {
+        self.committed(Change {
             revision: created.revision,
             kind: ChangeKind::Created,
             entry: created.clone(),
@@ -130,7 +145,7 @@ impl ServerState {
         let _g = self.write_lock.lock().await;
         let created = self.store.create_entries(batch)?;
         for e in &created {
-            self.publish(Change {
+            self.committed(Change {
                 revision: e.revision,
                 kind: ChangeKind::Created,
                 entry: e.clone(),
@@ -147,7 +162,7 @@ impl ServerState {
         self.check_entry(&mut e)?;
         let _g = self.write_lock.lock().await;
         let updated = self.store.update_entry(e)?;
-        self.publish(Change {
+        self.committed(Change {
             revision: updated.revision,
             kind: ChangeKind::Updated,
             entry: updated.clone(),
@@ -162,7 +177,7 @@ impl ServerState {
     pub async fn delete_entry(&self, id: &str) -> Result<Entry, RegistryError> {
         let _g = self.write_lock.lock().await;
         let deleted = self.store.delete_entry(id)?;
-        self.publish(Change {
+        self.committed(Change {
             revision: deleted.revision,
             kind: ChangeKind::Deleted,
             entry: deleted.clone(),

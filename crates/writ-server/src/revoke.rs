@@ -122,6 +122,20 @@ impl RevocationList {
         }
     }
 
+    /// Adds what `other` has and this list lacks; true when something was added.
+    fn merge(&mut self, other: &RevocationList) -> bool {
+        let mut added = false;
+        for (mine, theirs) in [(&mut self.x509, &other.x509), (&mut self.jwt, &other.jwt)] {
+            for (k, v) in theirs {
+                if !mine.contains_key(k) {
+                    mine.insert(k.clone(), v.clone());
+                    added = true;
+                }
+            }
+        }
+        added
+    }
+
     fn prune(&mut self, now: i64) {
         self.x509.retain(|_, r| r.expires_at > now);
         self.jwt.retain(|_, r| r.expires_at > now);
@@ -393,6 +407,11 @@ impl ServerState {
         revoked: &[(&'static str, String, Revoked)],
         actor: &Actor,
     ) -> Result<(), RevokeError> {
+        let mut next = next;
+        if self.store.shared() {
+            // Another server may have revoked something since we last read the list: keep it.
+            next.merge(&RevocationList::load(self.store.as_ref())?);
+        }
         let bytes = serde_json::to_vec(&next).map_err(|e| RevokeError::Corrupt(e.to_string()))?;
         self.store.put_revocations(&bytes)?;
         *list = next;
@@ -472,6 +491,31 @@ impl ServerState {
         let list = self.revocations.list.lock().await;
         let published = self.sign_published(&list)?;
         self.publish_revocations(published);
+        Ok(())
+    }
+
+    /// Takes in what other servers revoked (shared stores): the stored list is merged into
+    /// ours and published; if ours holds revocations the stored list lost (two servers wrote
+    /// at once), the merged list is written back, so no revocation is lost for long.
+    pub(crate) async fn merge_stored_revocations(&self) -> Result<(), RevokeError> {
+        let stored = RevocationList::load(self.store.as_ref())?;
+        let mut list = self.revocations.list.lock().await;
+        let now = writ_core::now_unix();
+        let mut merged = list.clone();
+        let gained = merged.merge(&stored);
+        let mut back = stored.clone();
+        let mut check = merged.clone();
+        check.prune(now);
+        if back.merge(&check) {
+            let bytes =
+                serde_json::to_vec(&merged).map_err(|e| RevokeError::Corrupt(e.to_string()))?;
+            self.store.put_revocations(&bytes)?;
+        }
+        if gained {
+            *list = merged;
+            let published = self.sign_published(&list)?;
+            self.publish_revocations(published);
+        }
         Ok(())
     }
 

@@ -229,6 +229,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         tokio::spawn(background::expiry_loop(state.clone())),
         tokio::spawn(crate::policy::reload_loop(state.clone())),
         tokio::spawn(crate::tasks::sweep_loop(state.clone())),
+        tokio::spawn(crate::cluster::follow_loop(state.clone())),
     ];
     if let Some(addr) = cfg.metrics_listen {
         let m = state.metrics.clone();

@@ -1,6 +1,8 @@
 //! writ-store: the server's datastore.
 //!
-//! [`Store`] is the interface the server uses; [`SledStore`] is the embedded implementation.
+//! [`Store`] is the interface the server uses; [`SledStore`] is the embedded implementation (one
+//! server), [`PgStore`] the PostgreSQL one (several servers sharing one trust domain; their
+//! changes reach each other as [`Notice`]s).
 //! What it holds: registration entries (with lookups by ID, SPIFFE ID, parent ID and selector),
 //! attested nodes, single-use join tokens, the trust domain's own and federated bundles, the CA
 //! rotation journal, the **entry revision log** and the **audit journal** (hash-chained records
@@ -16,6 +18,7 @@
 //!   race.
 
 mod audit;
+mod pg;
 mod sled_audit;
 mod sled_store;
 
@@ -23,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, Task, TrustDomain};
 
 pub use audit::{AuditBatch, AuditQuery, CheckpointSigner};
+pub use pg::{PgSettings, PgStore};
 pub use sled_store::SledStore;
 pub use writ_audit::{Checkpoint, NewRecord, Record};
 
@@ -84,6 +88,26 @@ impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Db(e.into())
     }
+}
+
+/// A change another server (or this one) committed to a shared store. A hint: the store is the
+/// record, and [`Notice::Resync`] means notices may have been missed (read everything again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Entries changed: read the revision log from the revision you have.
+    Entries,
+    /// This node's record changed (banned, evicted, renewed).
+    Node(String),
+    /// This trust domain's bundle changed.
+    Bundle(String),
+    /// The revocation list changed.
+    Revocations,
+    /// The run-time federation relationships changed.
+    Federations,
+    /// A server's share of the trust domain's authorities changed.
+    Authorities,
+    /// Notices may have been lost (the listening connection was re-established).
+    Resync,
 }
 
 /// What happened to an entry at one revision.
@@ -257,4 +281,21 @@ pub trait Store: Send + Sync {
     fn put_federations(&self, list: &[u8]) -> Result<(), StoreError>;
     /// The run-time federation relationships, if stored.
     fn get_federations(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Whether other servers share this store (their changes then arrive through
+    /// [`Store::subscribe`], and the server must not assume it made every change).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Notices of changes any server committed, this one included (shared stores only).
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+    /// Stores this server's share of the trust domain's authorities (its CAs' roots and JWT
+    /// keys, as a bundle) and returns every server's share, this one's included. The published
+    /// bundle is their union: each server signs with its own CA, and every server's SVIDs must
+    /// verify everywhere. A store for one server has one share.
+    fn put_authority_share(&self, share: &Bundle) -> Result<Vec<Bundle>, StoreError> {
+        Ok(vec![share.clone()])
+    }
 }

@@ -1,5 +1,6 @@
 //! Behaviour of the sled store: entries and their indexes, the revision log, nodes, join tokens,
-//! bundles and the CA journal, each surviving a reopen.
+//! bundles and the CA journal, each surviving a reopen: every case runs against both backends,
+//! sled and a private PostgreSQL cluster (`writ_testkit::PgCluster`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,7 +9,36 @@
 )]
 
 use writ_core::{AttestedNode, Bundle, Entry, JoinToken, Selector, SpiffeId, TrustDomain};
-use writ_store::{ChangeKind, SledStore, Store, StoreError};
+use writ_store::{ChangeKind, PgSettings, PgStore, SledStore, Store, StoreError};
+use writ_testkit::{PgCluster, PG_PASSWORD};
+
+/// Where a case's store lives; `open` opens it (again).
+enum Backend {
+    Sled(tempfile::TempDir),
+    Pg(PgCluster),
+}
+
+impl Backend {
+    fn open(&self) -> Box<dyn Store> {
+        match self {
+            Backend::Sled(d) => Box::new(SledStore::open(d.path()).unwrap()),
+            Backend::Pg(c) => Box::new(
+                PgStore::open(PgSettings {
+                    url: c.url(),
+                    password: Some(PG_PASSWORD.into()),
+                    instance: "test".into(),
+                })
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+/// Runs `case` against sled, then against PostgreSQL.
+fn each(case: fn(&Backend)) {
+    case(&Backend::Sled(tempfile::tempdir().unwrap()));
+    case(&Backend::Pg(PgCluster::start()));
+}
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
@@ -30,8 +60,11 @@ const AGENT: &str = "spiffe://td/writ/agent/join_token/a";
 
 #[test]
 fn entries_crud_indexes_and_revision_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    each(entries_crud_indexes_and_revision_log_on);
+}
+
+fn entries_crud_indexes_and_revision_log_on(be: &Backend) {
+    let s = be.open();
     assert_eq!(s.revision().unwrap(), 0);
     let a = s
         .create_entry(entry("spiffe://td/a", AGENT, &["unix:uid:1", "unix:gid:2"]))
@@ -133,7 +166,7 @@ fn entries_crud_indexes_and_revision_log() {
     drop(s);
 
     // Everything survives a reopen.
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = be.open();
     assert_eq!(s.revision().unwrap(), 5);
     assert_eq!(s.list_entries().unwrap().len(), 2);
     assert_eq!(
@@ -148,8 +181,11 @@ fn entries_crud_indexes_and_revision_log() {
 
 #[test]
 fn join_tokens_are_single_use_and_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    each(join_tokens_are_single_use_and_expire_on);
+}
+
+fn join_tokens_are_single_use_and_expire_on(be: &Backend) {
+    let s = be.open();
     s.create_join_token(JoinToken {
         token: "t1".into(),
         spiffe_id: Some(id("spiffe://td/node/1")),
@@ -199,8 +235,11 @@ fn join_tokens_are_single_use_and_expire() {
 
 #[test]
 fn nodes_bundles_and_journal() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    each(nodes_bundles_and_journal_on);
+}
+
+fn nodes_bundles_and_journal_on(be: &Backend) {
+    let s = be.open();
     let n = AttestedNode {
         spiffe_id: id(AGENT),
         attestor: "join_token".into(),
@@ -235,14 +274,17 @@ fn nodes_bundles_and_journal() {
     assert!(s.get_ca_journal().unwrap().is_none());
     s.put_ca_journal(b"{\"x509\":[]}").unwrap();
     drop(s);
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = be.open();
     assert_eq!(s.get_ca_journal().unwrap().unwrap(), b"{\"x509\":[]}");
 }
 
 #[test]
 fn bulk_create_refuses_duplicates_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    each(bulk_create_refuses_duplicates_whole_on);
+}
+
+fn bulk_create_refuses_duplicates_whole_on(be: &Backend) {
+    let s = be.open();
     let many: Vec<Entry> = (0..2000)
         .map(|i| {
             entry(
@@ -292,10 +334,13 @@ fn bulk_create_refuses_duplicates_whole() {
 /// record back unbanned) and the eviction must stick (no renewal recreates the record).
 #[test]
 fn node_updates_cannot_undo_a_ban_or_an_eviction() {
+    each(node_updates_cannot_undo_a_ban_or_an_eviction_on);
+}
+
+fn node_updates_cannot_undo_a_ban_or_an_eviction_on(be: &Backend) {
     use std::sync::Arc;
     use writ_store::NodeUpdate;
-    let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(SledStore::open(dir.path()).unwrap());
+    let s = Arc::<dyn Store>::from(be.open());
     let node = AttestedNode {
         spiffe_id: id(AGENT),
         attestor: "join_token".into(),
@@ -355,9 +400,12 @@ fn node_updates_cannot_undo_a_ban_or_an_eviction() {
 /// filter, and stops when told: what paged listings are built on.
 #[test]
 fn scan_entries_pages_in_id_order() {
+    each(scan_entries_pages_in_id_order_on);
+}
+
+fn scan_entries_pages_in_id_order_on(be: &Backend) {
     use writ_store::EntryFilter;
-    let dir = tempfile::tempdir().unwrap();
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = be.open();
     let mut ids = Vec::new();
     for i in 0..30 {
         let parent = if i % 3 == 0 { "spiffe://td/p3" } else { AGENT };

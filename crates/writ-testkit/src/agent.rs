@@ -30,6 +30,34 @@ impl TestAgent {
     /// Like [`TestAgent::start`], with `extra` appended to the config and the process started
     /// through `wrapper` (e.g. `["prlimit", "--nofile=64:64"]`).
     pub fn start_with(server: &TestServer, name: &str, extra: &str, wrapper: &[&str]) -> TestAgent {
+        Self::start_listing(server, &[server.addr()], name, extra, wrapper)
+    }
+
+    /// An agent whose `server_address` is the list `servers` (the join token comes from
+    /// `server`; all of them must share one store).
+    pub fn start_ha(server: &TestServer, servers: &[String], name: &str) -> TestAgent {
+        Self::start_listing(server, servers, name, "", &[])
+    }
+
+    fn start_listing(
+        server: &TestServer,
+        servers: &[String],
+        name: &str,
+        extra: &str,
+        wrapper: &[&str],
+    ) -> TestAgent {
+        let server_address = if servers.len() == 1 {
+            format!("\"{}\"", servers[0])
+        } else {
+            format!(
+                "[{}]",
+                servers
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("bootstrap.pem");
         std::fs::write(&bundle, server.bundle().x509_pem()).unwrap();
@@ -46,9 +74,8 @@ impl TestAgent {
         std::fs::write(
             &config,
             format!(
-                "trust_domain = \"{}\"\nserver_address = \"{}\"\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n[node_attestor.join_token]\ntoken = \"{token}\"\n[workload_attestor.unix]\n{extra}\n",
+                "trust_domain = \"{}\"\nserver_address = {server_address}\nsocket_path = \"{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\ntrust_bundle_path = \"{}\"\n[node_attestor.join_token]\ntoken = \"{token}\"\n[workload_attestor.unix]\n{extra}\n",
                 server.trust_domain,
-                server.addr(),
                 dir.path().join("public/api.sock").display(),
                 dir.path().join("private/admin.sock").display(),
                 dir.path().join("data").display(),

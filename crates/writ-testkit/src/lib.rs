@@ -9,6 +9,7 @@
 mod agent;
 mod pki;
 mod poll;
+mod postgres;
 mod process;
 mod run;
 mod server;
@@ -16,6 +17,7 @@ mod server;
 pub use agent::TestAgent;
 pub use pki::{webpki_verify, webpki_verify_with_crls};
 pub use poll::{eventually, free_port};
+pub use postgres::{PgCluster, PG_PASSWORD};
 pub use process::{cpu_ticks, my_uid, rss_kib, writ_bin};
 pub use run::{cli, Run};
 pub use server::{ServerOpts, TestServer};

@@ -125,7 +125,14 @@ impl AuditLog {
     /// Verifies the whole journal against the audit key (blocking: reads every record).
     pub(crate) fn verify(&self) -> Result<Result<VerifyReport, VerifyError>, AuditError> {
         let checkpoints = self.store.audit_checkpoints()?;
-        let mut v = Verifier::new(&checkpoints, &[self.key.verifying_key()], false);
+        // Servers sharing a store each sign checkpoints with their own key; each key is named
+        // by an `audit.key` record in the (hash-chained) journal itself, so a shared journal
+        // trusts those, with this server's key pinned.
+        let mut v = Verifier::new(
+            &checkpoints,
+            &[self.key.verifying_key()],
+            self.store.shared(),
+        );
         let mut failed = None;
         self.store.audit_scan(AuditQuery::All, 0, &mut |r| {
             if let Err(e) = v.push(r) {

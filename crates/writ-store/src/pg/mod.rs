@@ -1,0 +1,318 @@
+//! The PostgreSQL implementation of [`Store`](crate::Store), for several servers sharing one
+//! trust domain (issue 15).
+//!
+//! Shape: a small pool of `tokio-postgres` connections whose connection tasks run on the store's
+//! own two-thread runtime; the [`Store`](crate::Store) methods are synchronous (as sled's are),
+//! so a call hands its query to a pooled client and waits for the answer on the calling thread
+//! ([`block_on`]): the client half of `tokio-postgres` only talks to its connection task through
+//! channels, so it needs no reactor of its own, and a server worker that waits for PostgreSQL is
+//! a worker that waits for the disk with sled.
+//!
+//! Invariants:
+//! - Every write is one transaction, committed (WAL flushed, `synchronous_commit` as the
+//!   cluster has it; on by default) before the method returns.
+//! - Entry writes and audit appends are serialised **by the database** (a row lock on the
+//!   revision counter / the audit head, held to commit), not by one process: revisions are
+//!   committed in the order they are numbered, so a reader that saw revision N has seen every
+//!   revision below it, and the audit chain stays linear across servers.
+//! - Every committed change also sends `NOTIFY writ` in its transaction (delivered on commit
+//!   only); the listener ([`listen`]) turns those into [`Notice`](crate::Notice)s. The revision
+//!   log stays the source of truth: a lost notification or a reconnect sends
+//!   [`Notice::Resync`](crate::Notice::Resync) and readers catch up from their revision.
+//! - The CA journal is kept per server (`ca/<instance>`): each server has its own CA key.
+
+mod audit;
+mod entries;
+mod listen;
+mod records;
+mod schema;
+
+use std::future::Future;
+use std::pin::pin;
+use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::{Notice, StoreError};
+
+/// Connections kept per server (entry writes serialise in the database; reads and node
+/// renewals run side by side on the others).
+const POOL_SIZE: usize = 4;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[store.postgres]` settings.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// `postgres://user@host:port/db?...` or the key=value form libpq accepts.
+    pub url: String,
+    /// The password, read from `password_file` by the caller (trailing newline removed).
+    pub password: Option<String>,
+    /// This server's name among the servers sharing the database (keys its CA journal).
+    pub instance: String,
+}
+
+/// The PostgreSQL datastore.
+pub struct PgStore {
+    pool: Pool,
+    instance: String,
+    notices: broadcast::Sender<Notice>,
+    /// Runs the connection tasks and the listener; shut down with the store.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The store is usually dropped inside the server's runtime, where a blocking shutdown
+        // is not allowed; the connection tasks need no draining (nothing is in flight once
+        // the last caller returned).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a config points, without its password: for error messages and logs.
+pub(crate) fn describe(cfg: &Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        cfg.get_user().unwrap_or("?"),
+        cfg.get_dbname().unwrap_or("?")
+    )
+}
+
+impl PgStore {
+    /// Connects, applies the schema migrations, and starts listening for other servers' changes.
+    pub fn open(settings: PgSettings) -> Result<Self, StoreError> {
+        let mut cfg = Config::from_str(&settings.url).map_err(|e| StoreError::Open {
+            path: "[store.postgres] url".into(),
+            source: format!("not a PostgreSQL connection string: {e}").into(),
+        })?;
+        if let Some(p) = &settings.password {
+            cfg.password(p.as_bytes());
+        }
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        cfg.application_name("writ-server");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("writ-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Db(e.into()))?;
+        let pool = Pool {
+            cfg: cfg.clone(),
+            handle: rt.handle().clone(),
+            idle: Mutex::new(Vec::new()),
+            free: Condvar::new(),
+            open: Mutex::new(0),
+        };
+        // The first connection says whether the URL, the password and the server are right.
+        let (notices, _) = broadcast::channel(1024);
+        let handle = rt.handle().clone();
+        // From here on a failure drops the store, which shuts the runtime down safely.
+        let store = PgStore {
+            pool,
+            instance: settings.instance,
+            notices,
+            rt: Some(rt),
+        };
+        {
+            let mut c = store.conn()?;
+            block_on(schema::migrate(&mut c))?;
+        }
+        listen::spawn(&handle, cfg, store.notices.clone());
+        Ok(store)
+    }
+
+    /// A pooled connection (back to the pool when dropped; a broken one is closed instead, and
+    /// the next call opens a new one). Callers drive their queries with [`block_on`].
+    pub(crate) fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        Ok(Conn {
+            pool: &self.pool,
+            client: Some(self.pool.get()?),
+        })
+    }
+
+    /// This server's name among those sharing the database.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The sender of change notices (the listener feeds it).
+    pub(crate) fn notices(&self) -> &broadcast::Sender<Notice> {
+        &self.notices
+    }
+}
+
+/// A connection out of the pool.
+pub(crate) struct Conn<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        // Always Some until drop.
+        self.client.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            self.pool.put_back(c);
+        }
+    }
+}
+
+/// A blocking pool of connections.
+struct Pool {
+    cfg: Config,
+    handle: tokio::runtime::Handle,
+    idle: Mutex<Vec<Client>>,
+    free: Condvar,
+    /// Connections open (idle or in use).
+    open: Mutex<usize>,
+}
+
+impl Pool {
+    fn connect(&self) -> Result<Client, StoreError> {
+        let cfg = self.cfg.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            match cfg.connect(NoTls).await {
+                Ok((client, conn)) => {
+                    let _ = tx.send(Ok(client));
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "PostgreSQL connection closed");
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let client = rx
+            .recv()
+            .map_err(|_| StoreError::Db("the PostgreSQL runtime stopped".into()))?
+            .map_err(|e| StoreError::Open {
+                path: describe(&self.cfg),
+                source: pg_reason(&e).into(),
+            })?;
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Ok(client)
+    }
+
+    fn get(&self) -> Result<Client, StoreError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            while let Some(c) = idle.pop() {
+                if !c.is_closed() {
+                    return Ok(c);
+                }
+                *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            }
+            let open = *self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open < POOL_SIZE {
+                drop(idle);
+                return self.connect().map_err(|e| match e {
+                    // Once open, a failed reconnect is the database being away.
+                    StoreError::Open { path, source } => StoreError::Db(
+                        format!("cannot reach PostgreSQL at {path}: {source}").into(),
+                    ),
+                    e => e,
+                });
+            }
+            idle = self.free.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn put_back(&self, c: Client) {
+        if c.is_closed() {
+            *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        } else {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        }
+        self.free.notify_one();
+    }
+}
+
+/// The useful part of a PostgreSQL error: the server's message when there is one.
+pub(crate) fn pg_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Db(pg_reason(&e).into())
+    }
+}
+
+/// A query parameter.
+pub(crate) type P<'a> = &'a (dyn ToSql + Sync);
+
+/// Wakes the thread waiting in [`block_on`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drives `fut` to completion on this thread (parking between wake-ups). Used only for client
+/// futures whose I/O runs on the store's runtime.
+pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
