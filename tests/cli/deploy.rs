@@ -49,8 +49,18 @@ fn example_configs_load() {
 fn kubernetes_manifests_parse_and_embed_valid_configs() {
     let dir = tempfile::tempdir().unwrap();
     let mut kinds = Vec::new();
-    for f in std::fs::read_dir(deploy().join("kubernetes")).unwrap() {
-        let path = f.unwrap().path();
+    // The manifests, and the HA variant (three servers on PostgreSQL) in `ha/`.
+    let mut files = Vec::new();
+    for d in [deploy().join("kubernetes"), deploy().join("kubernetes/ha")] {
+        for f in std::fs::read_dir(d).unwrap() {
+            let path = f.unwrap().path();
+            if path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().any(|p| p.ends_with("ha/server.yaml")));
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let docs = yaml_rust2::YamlLoader::load_from_str(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -256,3 +256,119 @@ fn bad_database_settings_fail_clearly() {
     assert!(err.contains("schema version 99"), "{err}");
     assert_eq!(pg.psql("SELECT version FROM writ_schema"), "99");
 }
+
+/// The database restarted under the servers: agents keep their SVIDs, writes fail with an error
+/// naming the database, and once it is back both servers reconnect and catch up: an entry made
+/// on A afterwards reaches the agent on B.
+#[test]
+fn servers_ride_out_a_database_restart() {
+    let pg = PgCluster::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = pg_store(&pg, secrets.path());
+    let a = server_on(&store);
+    let b = server_on(&store);
+    let agent = TestAgent::start(&b, "dbdown");
+    create(&a, "spiffe://example.org/db/before", "spiffe://example.org/node/dbdown");
+    eventually("served before", Duration::from_secs(20), || {
+        (!ids(&agent).is_empty()).then_some(())
+    });
+
+    pg.stop();
+    let uid = format!("unix:uid:{}", my_uid());
+    let r = a.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/db/during",
+        "--parent-id",
+        "spiffe://example.org/node/dbdown",
+        "--selector",
+        &uid,
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("PostgreSQL") || r.stderr.contains("datastore"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    // The workload keeps its identity while the database is away.
+    assert!(ids(&agent).contains(&"spiffe://example.org/db/before".to_owned()));
+
+    pg.start_again();
+    eventually("writes work again", Duration::from_secs(30), || {
+        (a.cli(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/db/after",
+            "--parent-id",
+            "spiffe://example.org/node/dbdown",
+            "--selector",
+            &uid,
+        ])
+        .code
+            == 0)
+            .then_some(())
+    });
+    eventually("B caught up after the restart", Duration::from_secs(30), || {
+        ids(&agent)
+            .contains(&"spiffe://example.org/db/after".to_owned())
+            .then_some(())
+    });
+    assert!(ids(&agent).contains(&"spiffe://example.org/db/before".to_owned()));
+}
+
+/// kill -9 of a server while it acknowledges entry creates: every create it acknowledged is on
+/// the other server afterwards, and the shared journal still verifies.
+#[test]
+fn acknowledged_writes_survive_kill9_of_a_server() {
+    let pg = PgCluster::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = pg_store(&pg, secrets.path());
+    let mut a = server_on(&store);
+    let b = server_on(&store);
+    let socket = a.socket();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let uid = format!("unix:uid:{}", my_uid());
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let o = Command::new(writ_bin())
+                    .args([
+                        "entry",
+                        "create",
+                        "--output",
+                        "json",
+                        "--spiffe-id",
+                        &format!("spiffe://example.org/load/{i}"),
+                        "--parent-id",
+                        "spiffe://example.org/node/x",
+                        "--selector",
+                        &uid,
+                    ])
+                    .env("WRIT_SERVER_SOCKET", &socket)
+                    .output()
+                    .unwrap();
+                if o.status.success() {
+                    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                    acked.push(v["id"].as_str().unwrap().to_owned());
+                }
+            }
+            acked
+        });
+        eventually("some writes acknowledged", Duration::from_secs(30), || {
+            (a.cli(&["entry", "list", "--output", "json"]).stdout.len() > 2000).then_some(())
+        });
+        a.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    assert!(!acked.is_empty());
+    for id in &acked {
+        let r = b.cli(&["entry", "show", id]);
+        assert_eq!(r.code, 0, "acknowledged entry {id} lost: {}", r.stderr);
+    }
+    let r = b.cli(&["audit", "verify"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}

@@ -3,8 +3,8 @@
 //! ```sh
 //! cargo build --release && cargo run --release -p writ-bench -- all --write
 //! ```
-//! Sections: `issuance`, `latency`, `propagation`, `scale`, `storm`, `governance`, `tasks` (or
-//! `all`); `smoke` runs every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
+//! Sections: `issuance`, `latency`, `propagation`, `scale`, `storm`, `governance`, `tasks`, `ha`
+//! (several servers on a private PostgreSQL), `peers` (or `all`); `smoke` runs every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
 //! the generated block of docs/benchmarks.md with the table.
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +17,7 @@
 mod governance;
 mod peers;
 mod procs;
+mod ha;
 mod sections;
 mod tasks;
 
@@ -160,7 +161,7 @@ fn machine() -> String {
 }
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "issuance",
     "latency",
     "propagation",
@@ -168,6 +169,7 @@ const SECTIONS: [&str; 10] = [
     "storm",
     "governance",
     "tasks",
+    "ha",
     "peers",
     "all",
     "smoke",
@@ -199,7 +201,8 @@ fn main() {
     let what: Vec<&str> = cli.sections.iter().map(String::as_str).collect();
     let smoke = what.contains(&"smoke");
     let sizes = if smoke { Sizes::smoke() } else { Sizes::full() };
-    let all = what.is_empty() || what.contains(&"all") || smoke;
+    // `smoke` alone runs every section; `smoke ha` runs one section with the tiny sizes.
+    let all = what.is_empty() || what.contains(&"all") || (smoke && what.len() == 1);
     let want = |s: &str| all || what.contains(&s);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -235,6 +238,10 @@ fn main() {
         if want("tasks") {
             eprintln!("== tasks");
             rows.extend(tasks::tasks(&sizes).await);
+        }
+        if want("ha") {
+            eprintln!("== ha");
+            rows.extend(ha::ha(&sizes).await);
         }
         if want("peers") {
             eprintln!("== peers");

@@ -448,3 +448,51 @@ fn scan_entries_pages_in_id_order_on(be: &Backend) {
         assert_eq!(got, want);
     }
 }
+
+/// A connection cut in the middle of a bulk write (the backend terminated while the
+/// transaction runs) leaves nothing behind: the write fails with an error naming the cause, the
+/// revision and the entries are as before, and the store works again on the next call.
+#[test]
+fn postgres_write_cut_midway_leaves_nothing() {
+    let pg = PgCluster::start();
+    let be = Backend::Pg(pg);
+    let s = be.open();
+    s.create_entry(entry("spiffe://td/before", AGENT, &["unix:uid:1"]))
+        .unwrap();
+    let Backend::Pg(pg) = &be else { unreachable!() };
+    let batch: Vec<Entry> = (0..20_000)
+        .map(|i| entry(&format!("spiffe://td/bulk/{i}"), AGENT, &["unix:uid:2"]))
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Cut every other connection of the database until the write returns.
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                pg.psql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = 'writ' AND pid <> pg_backend_pid() \
+                     AND query LIKE '%writ_entr%'",
+                );
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        });
+        let r = s.create_entries(batch);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let n = s.list_entries().unwrap().len();
+    match result {
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("cut write refused: {msg}");
+            assert!(msg.starts_with("datastore"), "{msg}");
+            assert_eq!(n, 1, "a failed bulk write left entries behind");
+            assert_eq!(s.revision().unwrap(), 1);
+        }
+        // The write can win the race; then all of it is there.
+        Ok(v) => assert_eq!((v.len(), n), (20_000, 20_001)),
+    }
+    // The pool replaced the cut connection.
+    s.create_entry(entry("spiffe://td/after", AGENT, &["unix:uid:1"]))
+        .unwrap();
+}

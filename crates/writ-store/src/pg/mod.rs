@@ -287,7 +287,7 @@ pub(crate) fn pg_reason(e: &tokio_postgres::Error) -> String {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Db(pg_reason(&e).into())
+        StoreError::Db(format!("PostgreSQL: {}", pg_reason(&e)).into())
     }
 }
 
