@@ -268,7 +268,11 @@ fn servers_ride_out_a_database_restart() {
     let a = server_on(&store);
     let b = server_on(&store);
     let agent = TestAgent::start(&b, "dbdown");
-    create(&a, "spiffe://example.org/db/before", "spiffe://example.org/node/dbdown");
+    create(
+        &a,
+        "spiffe://example.org/db/before",
+        "spiffe://example.org/node/dbdown",
+    );
     eventually("served before", Duration::from_secs(20), || {
         (!ids(&agent).is_empty()).then_some(())
     });
@@ -286,7 +290,11 @@ fn servers_ride_out_a_database_restart() {
         &uid,
     ]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("PostgreSQL") || r.stderr.contains("datastore"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("PostgreSQL") || r.stderr.contains("datastore"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     // The workload keeps its identity while the database is away.
     assert!(ids(&agent).contains(&"spiffe://example.org/db/before".to_owned()));
@@ -307,11 +315,15 @@ fn servers_ride_out_a_database_restart() {
             == 0)
             .then_some(())
     });
-    eventually("B caught up after the restart", Duration::from_secs(30), || {
-        ids(&agent)
-            .contains(&"spiffe://example.org/db/after".to_owned())
-            .then_some(())
-    });
+    eventually(
+        "B caught up after the restart",
+        Duration::from_secs(30),
+        || {
+            ids(&agent)
+                .contains(&"spiffe://example.org/db/after".to_owned())
+                .then_some(())
+        },
+    );
     assert!(ids(&agent).contains(&"spiffe://example.org/db/before".to_owned()));
 }
 
@@ -371,4 +383,65 @@ fn acknowledged_writes_survive_kill9_of_a_server() {
     }
     let r = b.cli(&["audit", "verify"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
+/// Servers configured with different CA TTLs publish different refresh hints: they must not
+/// rewrite the shared bundle back and forth (each rewrite is a new sequence pushed to every
+/// agent). After both are up, the bundle's sequence stays put.
+#[test]
+fn servers_with_different_settings_do_not_fight_over_the_bundle() {
+    let pg = PgCluster::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = pg_store(&pg, secrets.path());
+    let a = server_on(&store);
+    let b = TestServer::start(ServerOpts {
+        extra: store.clone(),
+        ca_ttl: "2h".into(),
+        ..ServerOpts::default()
+    });
+    eventually("both CAs published", Duration::from_secs(20), || {
+        (a.bundle().x509_authorities.len() == 2 && b.bundle().x509_authorities.len() == 2)
+            .then_some(())
+    });
+    let seq = |s: &TestServer| -> u64 {
+        let j = s.cli(&["bundle", "show", "--format", "jwks"]).ok().json();
+        j["spiffe_sequence"].as_u64().unwrap()
+    };
+    let before = seq(&a);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(seq(&a), before, "the bundle kept being rewritten");
+    assert_eq!(seq(&b), before);
+}
+
+/// A ban made while another server's notification connection is down (the notice is lost)
+/// still ends the agent's streams there: after reconnecting, the server re-reads every
+/// streaming node's record.
+#[test]
+fn a_ban_missed_by_the_listener_still_ends_streams() {
+    let pg = PgCluster::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = pg_store(&pg, secrets.path());
+    let a = server_on(&store);
+    let b = server_on(&store);
+    let agent = TestAgent::start(&b, "missed");
+    create(
+        &a,
+        "spiffe://example.org/ha/m",
+        "spiffe://example.org/node/missed",
+    );
+    eventually("served", Duration::from_secs(20), || {
+        (!ids(&agent).is_empty()).then_some(())
+    });
+    let node_id = b.cli_json(&["node", "list"])[0]["spiffe_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Cut every listening connection, then ban at once (before they are back).
+    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN writ'");
+    a.cli(&["node", "ban", &node_id]).ok();
+    eventually(
+        "B ended the banned agent's streams",
+        Duration::from_secs(30),
+        || agent.log().contains("banned").then_some(()),
+    );
 }

@@ -84,9 +84,13 @@ pub struct VerifyReport {
 
 /// Verifies `records` (in stored order) against `checkpoints`.
 ///
-/// Checkpoint keys: `pinned` ones are always trusted; with `trust_journal_keys`, keys
-/// introduced by `audit.key` records of the (already verified) chain are trusted too, from
-/// the record that introduces them on.
+/// Checkpoint keys: `pinned` ones are always trusted; with `trust_journal_keys`, a key that an
+/// `audit.key` record of the chain introduces is trusted once a checkpoint signed by an
+/// already trusted key covers that record (the trusted key's signature over the chain vouches
+/// for the record, and so for the key). Checkpoints of a key not yet vouched for wait until
+/// it is; any still waiting at the end fail. So several servers sharing one journal each
+/// verify all of it with only their own key pinned, while someone who can write the
+/// database but holds no trusted key cannot rewrite the chain under a key of their own.
 pub fn verify(
     records: impl IntoIterator<Item = Result<Record, (u64, String)>>,
     checkpoints: &[Checkpoint],
@@ -108,6 +112,10 @@ pub struct Verifier {
     newest: u64,
     keys: Vec<VerifyingKey>,
     trust_journal_keys: bool,
+    /// Keys `audit.key` records introduced, with the record's number, not yet vouched for.
+    pending_keys: Vec<(u64, VerifyingKey)>,
+    /// Checkpoints (their record's hash already matched) waiting for their key.
+    deferred: Vec<Checkpoint>,
     report: VerifyReport,
     last_signed: u64,
 }
@@ -124,6 +132,8 @@ impl Verifier {
             newest: checkpoints.iter().map(|c| c.seq).max().unwrap_or(0),
             keys: pinned.to_vec(),
             trust_journal_keys,
+            pending_keys: Vec::new(),
+            deferred: Vec::new(),
             report: VerifyReport {
                 head_hash: GENESIS.to_owned(),
                 ..VerifyReport::default()
@@ -158,27 +168,65 @@ impl Verifier {
         }
         if self.trust_journal_keys && r.kind == kinds::AUDIT_KEY {
             if let Some(k) = key_of(&r) {
-                self.keys.push(k);
+                self.pending_keys.push((r.seq, k));
             }
         }
-        if let Some(c) = self.by_seq.get(&r.seq) {
+        if let Some(c) = self.by_seq.get(&r.seq).cloned() {
             if c.hash != r.hash {
                 return Err(VerifyError::CheckpointMismatch(r.seq));
             }
-            c.verify(&self.keys)?;
-            self.report.checkpoints += 1;
-            self.last_signed = r.seq;
-            if !self.report.keys.contains(&c.kid) {
-                self.report.keys.push(c.kid.clone());
+            let trusted = self.keys.iter().any(|k| k.kid == c.kid);
+            let pending = self.pending_keys.iter().any(|(_, k)| k.kid == c.kid);
+            if !trusted && pending {
+                self.deferred.push(c);
+            } else {
+                self.signed(&c)?;
+                self.vouch()?;
             }
+            self.last_signed = r.seq;
         }
         self.report.records = r.seq;
         self.report.head_hash = r.hash;
         Ok(())
     }
 
+    /// Verifies `c` against the trusted keys and counts it; journal keys introduced up to its
+    /// record are vouched for by it.
+    fn signed(&mut self, c: &Checkpoint) -> Result<(), VerifyError> {
+        c.verify(&self.keys)?;
+        self.report.checkpoints += 1;
+        if !self.report.keys.contains(&c.kid) {
+            self.report.keys.push(c.kid.clone());
+        }
+        let (vouched, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_keys)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= c.seq);
+        self.pending_keys = rest;
+        self.keys.extend(vouched.into_iter().map(|(_, k)| k));
+        Ok(())
+    }
+
+    /// Verifies the deferred checkpoints whose keys became trusted, until none does.
+    fn vouch(&mut self) -> Result<(), VerifyError> {
+        loop {
+            let Some(i) = self
+                .deferred
+                .iter()
+                .position(|c| self.keys.iter().any(|k| k.kid == c.kid))
+            else {
+                return Ok(());
+            };
+            let c = self.deferred.swap_remove(i);
+            self.signed(&c)?;
+        }
+    }
+
     /// Ends the journal: the newest checkpoint must be its last record.
     pub fn finish(self) -> Result<VerifyReport, VerifyError> {
+        // A checkpoint whose key no trusted checkpoint vouched for: refused as an unknown key.
+        if let Some(c) = self.deferred.first() {
+            c.verify(&self.keys)?;
+        }
         if self.newest > self.report.records {
             return Err(VerifyError::Truncated {
                 end: self.report.records,

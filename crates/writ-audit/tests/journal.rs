@@ -172,20 +172,57 @@ fn checkpoints_by_unknown_keys_or_forged_are_refused() {
 }
 
 #[test]
-fn keys_from_the_journal_are_trusted_only_when_asked() {
-    let k = Key::new("audit-1");
+fn keys_from_the_journal_are_trusted_only_when_asked_and_vouched_for() {
+    // Two servers share a journal: `a` (pinned here) and `b`, whose key only the journal names.
+    let a = Key::new("audit-a");
+    let b = Key::new("audit-b");
     let mut c = Chain::default();
     let intro = c.append(
         NewRecord::new(kinds::AUDIT_KEY, Actor::server())
-            .detail("kid", "audit-1")
-            .detail("point", hex(&k.verifying().point)),
+            .detail("kid", "audit-b")
+            .detail("point", hex(&b.verifying().point)),
         0,
     );
-    let r = c.append(NewRecord::new("entry.created", Actor::operator(0)), 1);
-    let cps = vec![k.sign(&r)];
-    let recs = [intro, r];
-    assert!(verify(recs.iter().cloned().map(Ok), &cps, &[], true).is_ok());
-    assert!(verify(recs.iter().cloned().map(Ok), &cps, &[], false).is_err());
+    let by_b = c.append(NewRecord::new("entry.created", Actor::operator(0)), 1);
+    let by_a = c.append(NewRecord::new("entry.created", Actor::operator(0)), 2);
+    let cps = vec![b.sign(&by_b), a.sign(&by_a)];
+    let recs = [intro, by_b, by_a];
+    let pinned = [a.verifying()];
+    // b's checkpoint is accepted once a's (trusted) checkpoint covers b's key record.
+    assert!(verify(recs.iter().cloned().map(Ok), &cps, &pinned, true).is_ok());
+    // Not asked to trust journal keys: b's checkpoint has an unknown key.
+    assert!(verify(recs.iter().cloned().map(Ok), &cps, &pinned, false).is_err());
+    // A key that names itself, with no trusted checkpoint after it, is not trusted.
+    assert!(verify(recs[..2].iter().cloned().map(Ok), &cps[..1], &pinned, true).is_err());
+    assert!(verify(recs.iter().cloned().map(Ok), &cps, &[], true).is_err());
+}
+
+/// Someone who can write the database (not the keys) rewrites a shared journal from the first
+/// record under a key of their own, named by an `audit.key` record they put first, and signs
+/// every checkpoint with it: the server's pinned key vouches for none of it, so it fails.
+#[test]
+fn a_journal_rewritten_under_a_self_named_key_fails() {
+    let real = Key::new("audit-real");
+    let forger = Key::new("audit-forged");
+    let mut c = Chain::default();
+    let mut recs = vec![c.append(
+        NewRecord::new(kinds::AUDIT_KEY, Actor::server())
+            .detail("kid", "audit-forged")
+            .detail("point", hex(&forger.verifying().point)),
+        0,
+    )];
+    for i in 0..5 {
+        recs.push(c.append(NewRecord::new("entry.created", Actor::operator(0)), i));
+    }
+    let cps: Vec<_> = recs.iter().skip(1).map(|r| forger.sign(r)).collect();
+    let res = verify(recs.into_iter().map(Ok), &cps, &[real.verifying()], true);
+    assert!(
+        matches!(
+            res,
+            Err(VerifyError::Checkpoint(CheckpointError::UnknownKey { .. }))
+        ),
+        "{res:?}"
+    );
 }
 
 fn hex(b: &[u8]) -> String {

@@ -113,7 +113,9 @@ async fn propagation(
     let mut admin = writ_server::client::admin_client(&create_on.state.cfg.admin_socket)
         .await
         .unwrap();
-    let mut wc = writ_client::workload::connect(Some(endpoint)).await.unwrap();
+    let mut wc = writ_client::workload::connect(Some(endpoint))
+        .await
+        .unwrap();
     let mut st = wc
         .fetch_x509svid(writ_proto::workload::X509svidRequest {})
         .await
@@ -123,7 +125,9 @@ async fn propagation(
     for i in 0..trials {
         let id = format!("spiffe://example.org/prop/{tag}/{i}");
         admin
-            .create_entry(writ_proto::convert::entry_to_pb(&entry(&id, parent, &sel, 0)))
+            .create_entry(writ_proto::convert::entry_to_pb(&entry(
+                &id, parent, &sel, 0,
+            )))
             .await
             .unwrap();
         let t = Instant::now();
@@ -192,7 +196,11 @@ fn failover(pg: &PgCluster, trials: usize) -> (Vec<f64>, Vec<f64>) {
     let wait = |id: &str, t: Instant| -> f64 {
         let deadline = t + Duration::from_secs(60);
         while !served(id) {
-            assert!(Instant::now() < deadline, "{id} never served: {}", agent.log());
+            assert!(
+                Instant::now() < deadline,
+                "{id} never served: {}",
+                agent.log()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         t.elapsed().as_secs_f64() * 1000.0
@@ -240,7 +248,10 @@ pub async fn ha(sz: &Sizes) -> Vec<Row> {
     rows.push(
         Row::new(
             SECTION,
-            format!("entry creates/s, admin API, {} clients, PostgreSQL", sz.clients),
+            format!(
+                "entry creates/s, admin API, {} clients, PostgreSQL",
+                sz.clients
+            ),
             format!("{w_pg:.0}"),
         )
         .vs(format!("sled {w_sled:.0}"), w_pg / w_sled),

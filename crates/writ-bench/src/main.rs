@@ -15,9 +15,9 @@
 )]
 
 mod governance;
+mod ha;
 mod peers;
 mod procs;
-mod ha;
 mod sections;
 mod tasks;
 

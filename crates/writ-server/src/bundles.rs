@@ -43,11 +43,13 @@ pub struct BundleSet {
 impl ServerState {
     /// Recomputes the own bundle from the CA; stores it with a new sequence if it changed.
     ///
-    /// On a shared store the bundle is the union of every server's authority share (each
-    /// server has its own CA), and the stored bundle is the base: another server may have
-    /// published a newer sequence, which is adopted rather than overwritten.
+    /// The bundle is the union of every server's authority share (one share on a store of its
+    /// own; on a shared store each server has its own CA). The store recomputes it under a lock
+    /// across servers with the stored bundle as the base, so servers never write two bundles
+    /// of one sequence, and a difference in `refresh_hint` alone (servers configured with
+    /// different CA TTLs) never makes them rewrite it back and forth.
     pub(crate) fn refresh_own_bundle(&self) -> Result<(), StoreError> {
-        let td = &self.cfg.trust_domain;
+        let td = self.cfg.trust_domain.clone();
         let (roots, jwt, ttl) = {
             let ca = self.ca.read().unwrap_or_else(unpoison);
             (ca.x509_roots(), ca.jwt_authorities(), self.cfg.ca_ttl)
@@ -55,27 +57,33 @@ impl ServerState {
         let mut share = Bundle::new(td.clone());
         share.x509_authorities = roots;
         share.jwt_authorities = jwt;
-        let shares = self.store.put_authority_share(&share)?;
-        let mut next = crate::cluster::union_of(td, shares);
         // Relying parties should look again well within a CA's prepare-to-activate window.
-        next.refresh_hint = Some((ttl / 12).clamp(5, 3600) as u64);
+        let hint = Some((ttl / 12).clamp(5, 3600) as u64);
+        let shared = self.store.shared();
         let published = self.bundles.borrow().own.clone();
-        let cur = match self.store.shared() {
-            true => match self.store.get_bundle(td)? {
-                Some(stored) if stored.sequence > published.sequence => stored,
-                _ => published.clone(),
-            },
-            false => published.clone(),
-        };
-        if next.same_content(&cur) && next.refresh_hint == cur.refresh_hint {
-            if cur != published {
-                self.publish_bundles(Some(cur), None);
+        let now = writ_core::now_unix();
+        let in_force = self
+            .store
+            .update_own_bundle(&share, &mut |shares, stored| {
+                let mut next = crate::cluster::union_of(&td, shares, now);
+                next.refresh_hint = hint;
+                let base = match (shared, stored) {
+                    (true, Some(s)) => s.clone(),
+                    _ => published.clone(),
+                };
+                let same =
+                    next.same_content(&base) && (shared || next.refresh_hint == base.refresh_hint);
+                if same {
+                    return None;
+                }
+                next.sequence = base.sequence.max(published.sequence) + 1;
+                Some(next)
+            })?;
+        if let Some(b) = in_force {
+            if b != published {
+                self.publish_bundles(Some(b), None);
             }
-            return Ok(());
         }
-        next.sequence = cur.sequence + 1;
-        self.store.put_bundle(&next)?;
-        self.publish_bundles(Some(next), None);
         Ok(())
     }
 

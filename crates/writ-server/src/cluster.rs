@@ -6,7 +6,8 @@
 //!   through it too when the store is shared (see `registry`), so a change another server
 //!   committed just before ours is never skipped.
 //! - **Nodes**: a ban or eviction on any server ends that agent's streams here as well (the
-//!   node record is read on every call, so new calls are refused without a notice).
+//!   node record is read on every call, so new calls are refused without a notice; after
+//!   notices may have been lost, every stream re-reads its node record).
 //! - **Bundles**: the own bundle is the union of every server's authority share; a share or a
 //!   bundle changed elsewhere is re-read and published. Federated bundles are re-read.
 //! - **Revocations**: the stored list is merged into ours and re-published (and written back
@@ -41,10 +42,13 @@ impl ServerState {
                 Err(StoreError::RevisionCompacted { .. }) => {
                     // Too far behind for the log: rebuild from the entries, then make every
                     // stream compute its agent's set again.
-                    let fresh = EntryIndex::new(self.store.list_entries()?, self.store.revision()?);
+                    // The revision before the listing (see `run`): the loop then replays
+                    // whatever was committed meanwhile.
+                    let revision = self.store.revision()?;
+                    let fresh = EntryIndex::new(self.store.list_entries()?, revision);
                     *self.index.write().unwrap_or_else(unpoison) = fresh;
                     let _ = self.events.send(Event::PolicyChanged);
-                    return Ok(());
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -80,6 +84,7 @@ impl ServerState {
 
     /// Everything a notice may have been about, for [`Notice::Resync`] and the timer.
     async fn resync(&self) -> Result<(), StoreError> {
+        let _ = self.events.send(Event::CheckNodes);
         self.catch_up().await?;
         self.refresh_own_bundle()?;
         self.reload_federated()?;
@@ -134,11 +139,21 @@ pub(crate) async fn follow_loop(st: Arc<ServerState>) {
 }
 
 /// The own bundle from every server's share: X.509 roots by content, JWT keys by `kid`, in
-/// share order (so every server computes the same bundle from the same shares).
-pub(crate) fn union_of(td: &writ_core::TrustDomain, shares: Vec<Bundle>) -> Bundle {
+/// share order (so every server computes the same bundle from the same shares). A share whose
+/// X.509 roots have all expired is a server that is gone (a live server keeps a current CA):
+/// it is left out, JWT keys included.
+pub(crate) fn union_of(td: &writ_core::TrustDomain, shares: Vec<Bundle>, now: i64) -> Bundle {
     let mut out = Bundle::new(td.clone());
     for s in shares {
-        for der in s.x509_authorities {
+        let live: Vec<Vec<u8>> = s
+            .x509_authorities
+            .into_iter()
+            .filter(|der| not_after(der).is_none_or(|t| t > now))
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        for der in live {
             if !out.x509_authorities.contains(&der) {
                 out.x509_authorities.push(der);
             }
@@ -154,4 +169,11 @@ pub(crate) fn union_of(td: &writ_core::TrustDomain, shares: Vec<Bundle>) -> Bund
         }
     }
     out
+}
+
+/// A certificate's `notAfter` (unix seconds), if it parses.
+fn not_after(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
 }

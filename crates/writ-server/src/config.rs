@@ -430,7 +430,7 @@ ca_bundle = "/etc/writ/node-ca.pem"
             ),
             ("[node_attestor.bogus]\n", "node_attestor.bogus"),
             (
-                "[store.postgres]\nurl = \"postgres://x\"\n",
+                "[store.postgres]\nurl = \"postgres://x\"\npasword_file = \"/p\"\n",
                 "store.postgres",
             ),
             ("[store.sled]\npath = \"/x\"\n", "store.sled"),
@@ -452,7 +452,14 @@ ca_bundle = "/etc/writ/node-ca.pem"
         let err = ServerConfig::parse(&format!("{base}[store.postgres]\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not built yet"), "{err}");
+        assert!(
+            err.contains("store.postgres") && err.contains("url"),
+            "{err}"
+        );
+        let err = ServerConfig::parse(&format!("{base}[store.postgres]\nurl = \" \"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.postgres.url"), "{err}");
         let err = ServerConfig::parse(&base.replace("[node_attestor.join_token]\n", ""))
             .unwrap_err()
             .to_string();

@@ -407,13 +407,9 @@ impl ServerState {
         revoked: &[(&'static str, String, Revoked)],
         actor: &Actor,
     ) -> Result<(), RevokeError> {
-        let mut next = next;
-        if self.store.shared() {
-            // Another server may have revoked something since we last read the list: keep it.
-            next.merge(&RevocationList::load(self.store.as_ref())?);
-        }
-        let bytes = serde_json::to_vec(&next).map_err(|e| RevokeError::Corrupt(e.to_string()))?;
-        self.store.put_revocations(&bytes)?;
+        // Merged with the stored list under the store's lock: another server may have revoked
+        // something since we last read it, and both must stay revoked.
+        let next = self.store_merged(next)?;
         *list = next;
         let published = self.sign_published(list)?;
         self.publish_revocations(published);
@@ -494,24 +490,35 @@ impl ServerState {
         Ok(())
     }
 
+    /// `list` merged with the stored list, stored (atomically across servers) and returned.
+    fn store_merged(&self, list: RevocationList) -> Result<RevocationList, RevokeError> {
+        let mut bad = None;
+        let stored = self.store.update_revocations(&mut |cur| {
+            let mut merged = list.clone();
+            if let Some(b) = cur {
+                match serde_json::from_slice::<RevocationList>(b) {
+                    Ok(theirs) => {
+                        merged.merge(&theirs);
+                    }
+                    Err(e) => bad = Some(e.to_string()),
+                }
+            }
+            // Encoding a map of strings cannot fail; an empty list is the safe fallback.
+            serde_json::to_vec(&merged).unwrap_or_else(|_| b"{}".to_vec())
+        })?;
+        if let Some(e) = bad {
+            tracing::error!(error = %e, "the stored revocation list did not decode; replaced by this server's");
+        }
+        serde_json::from_slice(&stored).map_err(|e| RevokeError::Corrupt(e.to_string()))
+    }
+
     /// Takes in what other servers revoked (shared stores): the stored list is merged into
-    /// ours and published; if ours holds revocations the stored list lost (two servers wrote
-    /// at once), the merged list is written back, so no revocation is lost for long.
+    /// ours and published.
     pub(crate) async fn merge_stored_revocations(&self) -> Result<(), RevokeError> {
         let stored = RevocationList::load(self.store.as_ref())?;
         let mut list = self.revocations.list.lock().await;
-        let now = writ_core::now_unix();
         let mut merged = list.clone();
-        let gained = merged.merge(&stored);
-        let mut back = stored.clone();
-        let mut check = merged.clone();
-        check.prune(now);
-        if back.merge(&check) {
-            let bytes =
-                serde_json::to_vec(&merged).map_err(|e| RevokeError::Corrupt(e.to_string()))?;
-            self.store.put_revocations(&bytes)?;
-        }
-        if gained {
+        if merged.merge(&stored) {
             *list = merged;
             let published = self.sign_published(&list)?;
             self.publish_revocations(published);

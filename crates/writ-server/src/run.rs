@@ -173,7 +173,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .into_iter()
         .filter(|b| b.trust_domain != cfg.trust_domain)
         .collect();
-    let index = EntryIndex::new(store.list_entries()?, store.revision()?);
+    // The revision first, then the entries: on a shared store another server may commit in
+    // between, and an index must never claim a revision it lacks (the follower replays the log
+    // from this revision; applying a change the listing already has is harmless).
+    let revision = store.revision()?;
+    let index = EntryIndex::new(store.list_entries()?, revision);
     let policy = crate::policy::Policies::open(cfg.policy.clone())?;
     let revocations = RevocationList::load(store.as_ref())
         .map_err(|e| ServerError::Revocations(e.to_string()))?;

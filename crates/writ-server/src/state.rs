@@ -33,6 +33,9 @@ pub enum Event {
     Shutdown,
     /// A new policy set is in force: every agent's authorised set is filtered again.
     PolicyChanged,
+    /// Node notices may have been missed (shared store): every stream reads its node record
+    /// again and ends if the node was banned or evicted meanwhile.
+    CheckNodes,
 }
 
 /// Why a server stream (entry sync, bundle watch) ended.
@@ -47,6 +50,10 @@ pub(crate) enum StreamEnd {
     /// The agent closed the stream.
     #[error("agent went away")]
     AgentGone,
+    /// The agent holds a revision this server has not reached (a shared store it cannot read
+    /// right now): it should use another server.
+    #[error("this server has not caught up with revision {0} yet")]
+    Behind(u64),
 }
 
 /// Everything the server's flows share.

@@ -29,7 +29,18 @@ pub(crate) async fn sync_loop(
     tx: &mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
 ) -> Result<(), StreamEnd> {
     let send = |msg| async move { tx.send(Ok(msg)).await.map_err(|_| StreamEnd::AgentGone) };
-    let (revision, identities, set) = st.authorized(&node);
+    let (mut revision, mut identities, mut set) = st.authorized(&node);
+    if after > revision && st.store.shared() {
+        // An agent that failed over from a server further along the shared log: catch up
+        // first, or a snapshot older than its copy would take entries away from it.
+        if let Err(e) = st.catch_up().await {
+            tracing::warn!(error = %e, "could not catch up for an agent ahead of this server");
+        }
+        (revision, identities, set) = st.authorized(&node);
+        if after > revision {
+            return Err(StreamEnd::Behind(after));
+        }
+    }
     let mut watch_ids = watched_ids(&identities, &set);
     if after != 0 && after <= revision && nothing_changed_for(st, &watch_ids, &set, after, revision)
     {
@@ -86,6 +97,12 @@ pub(crate) async fn sync_loop(
                 }
                 Ok(Event::NodeGone(_)) => continue,
                 Ok(Event::Shutdown) => return Err(StreamEnd::Shutdown),
+                Ok(Event::CheckNodes) => match st.store.get_node(&node.spiffe_id) {
+                    Ok(Some(n)) if !n.banned => continue,
+                    Ok(_) => return Err(StreamEnd::NodeGone),
+                    // The store is away: the next check (or call) decides.
+                    Err(_) => continue,
+                },
                 Ok(Event::PolicyChanged) => {
                     recompute_at = st.index.read().unwrap_or_else(|p| p.into_inner()).revision();
                 }

@@ -76,6 +76,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("datastore: {0}")]
     Db(#[source] BoxError),
+    /// The database cannot be reached (down, restarting, connection cut): nothing was
+    /// changed by the failed call; retrying later may succeed.
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
     /// A stored record does not decode.
     #[error("datastore record is corrupt: {0}")]
     Corrupt(#[source] BoxError),
@@ -109,6 +113,10 @@ pub enum Notice {
     /// Notices may have been lost (the listening connection was re-established).
     Resync,
 }
+
+/// Computes the own bundle from every server's authority share and the stored bundle; `None`
+/// keeps the stored one (see [`Store::update_own_bundle`]).
+pub type MakeBundle<'a> = &'a mut dyn FnMut(Vec<Bundle>, Option<&Bundle>) -> Option<Bundle>;
 
 /// What happened to an entry at one revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,10 +300,36 @@ pub trait Store: Send + Sync {
         None
     }
     /// Stores this server's share of the trust domain's authorities (its CAs' roots and JWT
-    /// keys, as a bundle) and returns every server's share, this one's included. The published
-    /// bundle is their union: each server signs with its own CA, and every server's SVIDs must
-    /// verify everywhere. A store for one server has one share.
-    fn put_authority_share(&self, share: &Bundle) -> Result<Vec<Bundle>, StoreError> {
-        Ok(vec![share.clone()])
+    /// keys, as a bundle) and recomputes the trust domain's bundle, atomically with respect to
+    /// every other server doing the same: `make(shares, stored)` gets every server's share
+    /// (this one's included) and the stored bundle, and returns the bundle to store, or `None`
+    /// to keep the stored one. Returns the bundle in force afterwards. The published bundle is
+    /// the union of the shares: each server signs with its own CA, and every server's SVIDs
+    /// must verify everywhere. A store for one server has one share.
+    fn update_own_bundle(
+        &self,
+        share: &Bundle,
+        make: MakeBundle<'_>,
+    ) -> Result<Option<Bundle>, StoreError> {
+        let stored = self.get_bundle(&share.trust_domain)?;
+        match make(vec![share.clone()], stored.as_ref()) {
+            Some(b) => {
+                self.put_bundle(&b)?;
+                Ok(Some(b))
+            }
+            None => Ok(stored),
+        }
+    }
+
+    /// Reads the revocation list, hands it to `merge`, and stores what `merge` returns,
+    /// atomically with respect to every other server's update (so two servers revoking at once
+    /// both stay revoked). Returns what was stored. One server's callers serialise themselves.
+    fn update_revocations(
+        &self,
+        merge: &mut dyn FnMut(Option<&[u8]>) -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let next = merge(self.get_revocations()?.as_deref());
+        self.put_revocations(&next)?;
+        Ok(next)
     }
 }

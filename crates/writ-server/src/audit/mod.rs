@@ -68,8 +68,17 @@ impl AuditLog {
         let key = Arc::new(key);
         let writer = enabled.then(|| Writer::start(store.clone(), key.clone()));
         let log = AuditLog { store, key, writer };
-        if made && enabled {
-            // The first record of a key names it, so an exported journal carries its own keys.
+        // The first record of a key names it, so an exported journal carries its own keys. A
+        // key that existed before this journal (a server moved onto a shared store) has never
+        // signed a checkpoint in it: name it too, or the other servers could not vouch for it.
+        let unknown_here = !made
+            && log.store.shared()
+            && !log
+                .store
+                .audit_checkpoints()?
+                .iter()
+                .any(|c| c.kid == log.key.kid());
+        if (made || unknown_here) && enabled {
             log.record(vec![key_record(&log.key)]).await?;
         }
         Ok(log)

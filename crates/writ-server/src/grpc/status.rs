@@ -181,7 +181,7 @@ impl From<StreamEnd> for Status {
     fn from(e: StreamEnd) -> Self {
         match e {
             StreamEnd::NodeGone => Status::permission_denied(e.to_string()),
-            StreamEnd::Shutdown => Status::unavailable(e.to_string()),
+            StreamEnd::Shutdown | StreamEnd::Behind(_) => Status::unavailable(e.to_string()),
             StreamEnd::AgentGone => Status::cancelled(e.to_string()),
         }
     }

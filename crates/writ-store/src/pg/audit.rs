@@ -9,7 +9,7 @@
 use writ_audit::{Chain, Checkpoint, Record};
 
 use super::entries::{dec_s, enc_s};
-use super::{block_on, PgStore, P};
+use super::{PgStore, P};
 use crate::audit::{AuditBatch, AuditQuery, CheckpointSigner};
 use crate::StoreError;
 
@@ -18,9 +18,12 @@ const PAGE: i64 = 1000;
 
 impl PgStore {
     pub(crate) fn pg_audit_head(&self) -> Result<(u64, String), StoreError> {
-        let c = self.conn()?;
-        let row =
-            block_on(c.query_one("SELECT seq, hash FROM writ_audit_head WHERE one = 1", &[]))?;
+        let row = with_conn!(self, |c, _sent| {
+            Ok(
+                c.query_one("SELECT seq, hash FROM writ_audit_head WHERE one = 1", &[])
+                    .await?,
+            )
+        })?;
         Ok((row.get::<_, i64>(0) as u64, row.get(1)))
     }
 
@@ -32,8 +35,7 @@ impl PgStore {
         if batch.records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             let head = tx
                 .query_one(
@@ -42,9 +44,11 @@ impl PgStore {
                 )
                 .await?;
             let mut chain = Chain::resume(head.get::<_, i64>(0) as u64, head.get(1));
+            // Cloned: a retry on a fresh connection appends the same records.
             let records: Vec<Record> = batch
                 .records
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(|r| chain.append(r, batch.now_ms))
                 .collect();
             let cp: Checkpoint =
@@ -82,6 +86,7 @@ impl PgStore {
                 &[&(chain.seq as i64) as P, &chain.hash],
             )
             .await?;
+            sent.set(true);
             tx.commit().await?;
             Ok(records)
         })
@@ -110,14 +115,13 @@ impl PgStore {
                  ORDER BY seq LIMIT $2"
             ),
         };
-        let c = self.conn()?;
         let mut after = after.min(i64::MAX as u64) as i64;
         loop {
-            let rows = block_on(async {
-                match column {
-                    None => c.query(sql.as_str(), &[&after, &PAGE]).await,
-                    Some((_, v)) => c.query(sql.as_str(), &[&after as P, &PAGE, &v]).await,
-                }
+            let rows = with_conn!(self, |c, _sent| {
+                Ok(match column {
+                    None => c.query(sql.as_str(), &[&after as P, &PAGE]).await?,
+                    Some((_, v)) => c.query(sql.as_str(), &[&after as P, &PAGE, &v]).await?,
+                })
             })?;
             let n = rows.len() as i64;
             for row in rows {
@@ -142,10 +146,13 @@ impl PgStore {
     }
 
     pub(crate) fn pg_audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        let c = self.conn()?;
-        block_on(c.query("SELECT body FROM writ_audit_checkpoints ORDER BY seq", &[]))?
-            .iter()
-            .map(|r| dec_s(r.get(0)))
-            .collect()
+        with_conn!(self, |c, _sent| {
+            c.query("SELECT body FROM writ_audit_checkpoints ORDER BY seq", &[])
+                .await
+                .map_err(StoreError::from)
+        })?
+        .iter()
+        .map(|r| dec_s(r.get(0)))
+        .collect()
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use tokio_postgres::Transaction;
 use writ_core::{Entry, Selector};
 
-use super::{block_on, PgStore, P};
+use super::{PgStore, P};
 use crate::sled_store::{dec, enc};
 use crate::{Change, ChangeKind, EntryFilter, StoreError};
 
@@ -183,15 +183,15 @@ async fn write(
 
 impl PgStore {
     pub(crate) fn pg_create_entries(&self, entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             let rev = lock_revision(&tx).await?;
             let now = writ_core::now_unix();
             let mut seen_ids = std::collections::HashSet::new();
             let mut seen_regs: HashMap<_, String> = HashMap::new();
             let mut batch = Vec::with_capacity(entries.len());
-            for mut e in entries {
+            // Cloned per attempt: a retry on a fresh connection starts from the same input.
+            for mut e in entries.clone() {
                 if e.id.is_empty() {
                     e.id = uuid::Uuid::new_v4().to_string();
                 }
@@ -212,14 +212,14 @@ impl PgStore {
                 batch.push((None, e, ChangeKind::Created));
             }
             let out = write(&tx, rev, batch).await?;
+            sent.set(true);
             tx.commit().await?;
             Ok(out)
         })
     }
 
-    pub(crate) fn pg_update_entry(&self, mut entry: Entry) -> Result<Entry, StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+    pub(crate) fn pg_update_entry(&self, entry: Entry) -> Result<Entry, StoreError> {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             let rev = lock_revision(&tx).await?;
             let old = get_in(&tx, &entry.id)
@@ -228,8 +228,10 @@ impl PgStore {
             if let Some(id) = duplicate_of(&tx, &registration(&entry), Some(&entry.id)).await? {
                 return Err(exists(&id));
             }
+            let mut entry = entry.clone();
             entry.created_at = old.created_at;
             let mut out = write(&tx, rev, vec![(Some(old), entry, ChangeKind::Updated)]).await?;
+            sent.set(true);
             tx.commit().await?;
             out.pop()
                 .ok_or_else(|| StoreError::Db("empty write".into()))
@@ -237,8 +239,7 @@ impl PgStore {
     }
 
     pub(crate) fn pg_delete_entry(&self, id: &str) -> Result<Entry, StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             let rev = lock_revision(&tx).await?;
             let old = get_in(&tx, id).await?.ok_or_else(|| not_found(id))?;
@@ -248,6 +249,7 @@ impl PgStore {
                 vec![(Some(old.clone()), old, ChangeKind::Deleted)],
             )
             .await?;
+            sent.set(true);
             tx.commit().await?;
             out.pop()
                 .ok_or_else(|| StoreError::Db("empty write".into()))
@@ -255,8 +257,7 @@ impl PgStore {
     }
 
     pub(crate) fn pg_get_entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
-        let c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             c.query_opt("SELECT body FROM writ_entries WHERE id = $1", &[&id])
                 .await?
                 .map(|r| dec_s(r.get(0)))
@@ -302,14 +303,15 @@ impl PgStore {
                 Some(s.to_string()),
             ),
         };
-        let c = self.conn()?;
         let mut after = after.to_owned();
         loop {
-            let rows = block_on(async {
-                match &value {
-                    None => c.query(sql, &[&after as P, &PAGE]).await,
-                    Some(v) => c.query(sql, &[&after as P, &PAGE, v]).await,
-                }
+            // A page per call (and per connection checkout): the visitor runs between pages
+            // without holding a connection.
+            let rows = with_conn!(self, |c, _sent| {
+                Ok(match &value {
+                    None => c.query(sql, &[&after as P, &PAGE]).await?,
+                    Some(v) => c.query(sql, &[&after as P, &PAGE, v]).await?,
+                })
             })?;
             let n = rows.len() as i64;
             for r in rows {
@@ -325,11 +327,13 @@ impl PgStore {
     }
 
     pub(crate) fn pg_revision(&self) -> Result<u64, StoreError> {
-        let c = self.conn()?;
-        let row = block_on(c.query_one(
-            "SELECT value FROM writ_counters WHERE name = 'revision'",
-            &[],
-        ))?;
+        let row = with_conn!(self, |c, _sent| {
+            Ok(c.query_one(
+                "SELECT value FROM writ_counters WHERE name = 'revision'",
+                &[],
+            )
+            .await?)
+        })?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
@@ -338,8 +342,7 @@ impl PgStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Change>, StoreError> {
-        let c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let oldest: Option<i64> = c
                 .query_one("SELECT min(revision) FROM writ_revlog", &[])
                 .await?
@@ -365,11 +368,14 @@ impl PgStore {
     }
 
     pub(crate) fn pg_compact_log(&self, upto: u64) -> Result<(), StoreError> {
-        let c = self.conn()?;
-        block_on(c.execute(
-            "DELETE FROM writ_revlog WHERE revision <= $1",
-            &[&(upto.min(i64::MAX as u64) as i64)],
-        ))?;
+        with_conn!(self, |c, _sent| {
+            c.execute(
+                "DELETE FROM writ_revlog WHERE revision <= $1",
+                &[&(upto.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(StoreError::from)
+        })?;
         Ok(())
     }
 }

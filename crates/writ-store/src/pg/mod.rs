@@ -21,6 +21,29 @@
 //!   [`Notice::Resync`](crate::Notice::Resync) and readers catch up from their revision.
 //! - The CA journal is kept per server (`ca/<instance>`): each server has its own CA key.
 
+/// Runs `$body` (an async block body using the pooled connection `$c`, returning
+/// `Result<_, StoreError>`) and waits for it. A pooled connection can turn out dead when used
+/// (the database restarted, or cut it, since it was last used): if the call failed as
+/// [`StoreError::Unavailable`] before `$sent` was set (writes set it just before `COMMIT`, after
+/// which the outcome is unknown), it runs once more on a fresh connection.
+macro_rules! with_conn {
+    ($store:expr, |$c:ident, $sent:ident| $body:block) => {{
+        let mut attempt = 0u8;
+        loop {
+            #[allow(unused_mut)]
+            let mut $c = $store.conn()?;
+            let $sent = std::cell::Cell::new(false);
+            let r: Result<_, $crate::StoreError> = $crate::pg::block_on(async { $body });
+            match r {
+                Err($crate::StoreError::Unavailable(_)) if !$sent.get() && attempt == 0 => {
+                    attempt += 1;
+                }
+                r => break r,
+            }
+        }
+    }};
+}
+
 mod audit;
 mod entries;
 mod listen;
@@ -45,9 +68,14 @@ use crate::{Notice, StoreError};
 const POOL_SIZE: usize = 4;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a pooled connection when all are busy.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server-side limits set on every connection (unless the URL sets `options`): a statement or
+/// a lock wait that takes longer fails instead of holding a connection (and its caller).
+const SESSION_OPTIONS: &str = "-c statement_timeout=15000 -c lock_timeout=10000";
 
 /// `[store.postgres]` settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgSettings {
     /// `postgres://user@host:port/db?...` or the key=value form libpq accepts.
     pub url: String,
@@ -55,6 +83,20 @@ pub struct PgSettings {
     pub password: Option<String>,
     /// This server's name among the servers sharing the database (keys its CA journal).
     pub instance: String,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password too: only where it points is shown.
+        let url = Config::from_str(&self.url)
+            .map(|c| describe(&c))
+            .unwrap_or_else(|_| "(unparsable)".into());
+        f.debug_struct("PgSettings")
+            .field("url", &url)
+            .field("password", &self.password.as_ref().map(|_| "(redacted)"))
+            .field("instance", &self.instance)
+            .finish()
+    }
 }
 
 /// The PostgreSQL datastore.
@@ -117,6 +159,16 @@ impl PgStore {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
         cfg.application_name("writ-server");
+        // A database that vanishes without closing connections (a network partition) is
+        // noticed by TCP keepalives and the user timeout instead of hanging callers.
+        cfg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(20));
+        if cfg.get_options().is_none() {
+            cfg.options(SESSION_OPTIONS);
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("writ-postgres")
@@ -207,7 +259,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn connect(&self) -> Result<Client, StoreError> {
+    fn connect_raw(&self) -> Result<Client, StoreError> {
         let cfg = self.cfg.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         self.handle.spawn(async move {
@@ -230,7 +282,6 @@ impl Pool {
                 path: describe(&self.cfg),
                 source: pg_reason(&e).into(),
             })?;
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         Ok(client)
     }
 
@@ -243,10 +294,15 @@ impl Pool {
                 }
                 *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
             }
-            let open = *self.open.lock().unwrap_or_else(|p| p.into_inner());
-            if open < POOL_SIZE {
+            let reserved = {
+                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                // The slot is taken before connecting, so callers racing here cannot open
+                // more than the pool's size between them.
+                (*open < POOL_SIZE).then(|| *open += 1).is_some()
+            };
+            if reserved {
                 drop(idle);
-                return self.connect().map_err(|e| match e {
+                return self.connect_reserved().map_err(|e| match e {
                     // Once open, a failed reconnect is the database being away.
                     StoreError::Open { path, source } => StoreError::Db(
                         format!("cannot reach PostgreSQL at {path}: {source}").into(),
@@ -254,8 +310,28 @@ impl Pool {
                     e => e,
                 });
             }
-            idle = self.free.wait(idle).unwrap_or_else(|p| p.into_inner());
+            // Every connection busy: wait, but not forever (a database that stopped answering
+            // holds them until their timeouts; callers get an error, not a hang).
+            let (g, timeout) = self
+                .free
+                .wait_timeout(idle, CHECKOUT_TIMEOUT)
+                .unwrap_or_else(|p| p.into_inner());
+            idle = g;
+            if timeout.timed_out() && idle.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "all {POOL_SIZE} PostgreSQL connections stayed busy for {} s",
+                    CHECKOUT_TIMEOUT.as_secs()
+                )));
+            }
         }
+    }
+
+    /// [`Pool::connect`] for a slot already counted in `open` (given back on failure).
+    fn connect_reserved(&self) -> Result<Client, StoreError> {
+        self.connect_raw().inspect_err(|_| {
+            *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            self.free.notify_one();
+        })
     }
 
     fn put_back(&self, c: Client) {
@@ -287,6 +363,11 @@ pub(crate) fn pg_reason(e: &tokio_postgres::Error) -> String {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
+        // No answer from the server (connection closed or broken) is the database being away;
+        // an error the server sent is about the query.
+        if e.as_db_error().is_none() {
+            return StoreError::Unavailable(format!("PostgreSQL: {}", pg_reason(&e)));
+        }
         StoreError::Db(format!("PostgreSQL: {}", pg_reason(&e)).into())
     }
 }
@@ -306,6 +387,18 @@ impl Wake for ThreadWaker {
 /// Drives `fut` to completion on this thread (parking between wake-ups). Used only for client
 /// futures whose I/O runs on the store's runtime.
 pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    // On a worker of a multi-thread runtime (the server's), tell tokio this thread blocks so
+    // it moves the worker's other tasks elsewhere meanwhile: a slow database then slows the
+    // calls that need it, not everything queued behind them on the same worker.
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| park_on(fut))
+        }
+        _ => park_on(fut),
+    }
+}
+
+fn park_on<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);

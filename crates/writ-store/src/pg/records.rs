@@ -11,7 +11,7 @@ use tokio_postgres::Transaction;
 use writ_core::{AttestedNode, Bundle, JoinToken, SpiffeId, Task, TrustDomain};
 
 use super::entries::{dec_s, enc_s};
-use super::{block_on, PgStore};
+use super::PgStore;
 use crate::{
     AuditBatch, AuditQuery, Change, Checkpoint, CheckpointSigner, Entry, EntryFilter, NodeUpdate,
     Notice, Record, Selector, Store, StoreError,
@@ -19,6 +19,9 @@ use crate::{
 
 const REVOCATIONS: &str = "revocations";
 const FEDERATIONS: &str = "federations";
+/// Advisory lock keys (any constants): own-bundle recomputation, revocation list updates.
+const BUNDLE_LOCK: i64 = 0x7772_6974_0001;
+const REVOCATIONS_LOCK: i64 = 0x7772_6974_0002;
 
 async fn notify(tx: &Transaction<'_>, payload: &str) -> Result<(), StoreError> {
     tx.execute("SELECT pg_notify('writ', $1)", &[&payload])
@@ -28,8 +31,7 @@ async fn notify(tx: &Transaction<'_>, payload: &str) -> Result<(), StoreError> {
 
 impl PgStore {
     fn put_blob(&self, name: &str, body: &[u8], note: Option<&str>) -> Result<(), StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             // Unchanged bodies are not rewritten and not announced: a server that republishes
             // what it has must not wake every other server (which would republish in turn).
@@ -44,17 +46,20 @@ impl PgStore {
             if let (Some(n), true) = (note, changed > 0) {
                 notify(&tx, n).await?;
             }
+            sent.set(true);
             tx.commit().await?;
             Ok(())
         })
     }
 
     fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let c = self.conn()?;
-        Ok(
-            block_on(c.query_opt("SELECT body FROM writ_blobs WHERE name = $1", &[&name]))?
-                .map(|r| r.get(0)),
-        )
+        let row = with_conn!(self, |c, _sent| {
+            Ok(
+                c.query_opt("SELECT body FROM writ_blobs WHERE name = $1", &[&name])
+                    .await?,
+            )
+        })?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     fn ca_key(&self) -> String {
@@ -122,8 +127,7 @@ impl Store for PgStore {
     }
 
     fn put_node(&self, node: AttestedNode) -> Result<AttestedNode, StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             tx.execute(
                 "INSERT INTO writ_nodes (id, body) VALUES ($1, $2) \
@@ -132,8 +136,9 @@ impl Store for PgStore {
             )
             .await?;
             notify(&tx, &format!("n {}", node.spiffe_id)).await?;
+            sent.set(true);
             tx.commit().await?;
-            Ok(node)
+            Ok(node.clone())
         })
     }
 
@@ -142,13 +147,12 @@ impl Store for PgStore {
         id: &SpiffeId,
         decide: &mut dyn FnMut(Option<&AttestedNode>) -> NodeUpdate,
     ) -> Result<Option<AttestedNode>, StoreError> {
-        let mut c = self.conn()?;
         let key = id.as_str();
         loop {
             // The row lock makes read-decide-write atomic against every other server; a record
             // that did not exist cannot be locked, so its insert refuses to overwrite one made
             // meanwhile and the decision is taken again.
-            let done: Option<Option<AttestedNode>> = block_on(async {
+            let done: Option<Option<AttestedNode>> = with_conn!(self, |c, sent| {
                 let tx = c.transaction().await?;
                 let old: Option<AttestedNode> = tx
                     .query_opt(
@@ -188,8 +192,9 @@ impl Store for PgStore {
                     }
                 };
                 notify(&tx, &format!("n {key}")).await?;
+                sent.set(true);
                 tx.commit().await?;
-                Ok::<_, StoreError>(Some(after))
+                Ok(Some(after))
             })?;
             if let Some(after) = done {
                 return Ok(after);
@@ -198,23 +203,28 @@ impl Store for PgStore {
     }
 
     fn get_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, StoreError> {
-        let c = self.conn()?;
-        block_on(c.query_opt("SELECT body FROM writ_nodes WHERE id = $1", &[&id.as_str()]))?
-            .map(|r| dec_s(r.get(0)))
-            .transpose()
+        with_conn!(self, |c, _sent| {
+            c.query_opt("SELECT body FROM writ_nodes WHERE id = $1", &[&id.as_str()])
+                .await
+                .map_err(StoreError::from)
+        })?
+        .map(|r| dec_s(r.get(0)))
+        .transpose()
     }
 
     fn list_nodes(&self) -> Result<Vec<AttestedNode>, StoreError> {
-        let c = self.conn()?;
-        block_on(c.query("SELECT body FROM writ_nodes ORDER BY id", &[]))?
-            .iter()
-            .map(|r| dec_s(r.get(0)))
-            .collect()
+        with_conn!(self, |c, _sent| {
+            c.query("SELECT body FROM writ_nodes ORDER BY id", &[])
+                .await
+                .map_err(StoreError::from)
+        })?
+        .iter()
+        .map(|r| dec_s(r.get(0)))
+        .collect()
     }
 
     fn delete_node(&self, id: &SpiffeId) -> Result<AttestedNode, StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             let row = tx
                 .query_opt(
@@ -227,18 +237,22 @@ impl Store for PgStore {
                     id: id.to_string(),
                 })?;
             notify(&tx, &format!("n {id}")).await?;
+            sent.set(true);
             tx.commit().await?;
             dec_s(row.get(0))
         })
     }
 
     fn create_join_token(&self, token: JoinToken) -> Result<(), StoreError> {
-        let c = self.conn()?;
-        let n = block_on(c.execute(
-            "INSERT INTO writ_join_tokens (token, body, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-            &[&token.token, &enc_s(&token)?, &token.expires_at],
-        ))?;
+        let body = enc_s(&token)?;
+        let n = with_conn!(self, |c, _sent| {
+            Ok(c.execute(
+                "INSERT INTO writ_join_tokens (token, body, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+                &[&token.token, &body, &token.expires_at],
+            )
+            .await?)
+        })?;
         if n == 0 {
             return Err(StoreError::AlreadyExists {
                 kind: "join token",
@@ -249,12 +263,17 @@ impl Store for PgStore {
     }
 
     fn consume_join_token(&self, token: &str, now: i64) -> Result<JoinToken, StoreError> {
-        let c = self.conn()?;
         // One DELETE ... RETURNING: of any number of servers trying at once, one gets the row.
-        let row = block_on(c.query_opt(
-            "DELETE FROM writ_join_tokens WHERE token = $1 RETURNING body",
-            &[&token],
-        ))?
+        // Never retried: if the connection died after the delete, the token is used up
+        // and the caller is refused, which is safe (a token is never used twice).
+        let row = with_conn!(self, |c, sent| {
+            sent.set(true);
+            Ok(c.query_opt(
+                "DELETE FROM writ_join_tokens WHERE token = $1 RETURNING body",
+                &[&token],
+            )
+            .await?)
+        })?
         .ok_or(StoreError::TokenInvalid)?;
         let t: JoinToken = dec_s(row.get(0))?;
         if t.expires_at <= now {
@@ -264,50 +283,62 @@ impl Store for PgStore {
     }
 
     fn prune_join_tokens(&self, now: i64) -> Result<usize, StoreError> {
-        let c = self.conn()?;
-        Ok(block_on(c.execute(
-            "DELETE FROM writ_join_tokens WHERE expires_at <= $1",
-            &[&now],
-        ))? as usize)
+        let n = with_conn!(self, |c, _sent| {
+            Ok(c.execute(
+                "DELETE FROM writ_join_tokens WHERE expires_at <= $1",
+                &[&now],
+            )
+            .await?)
+        })?;
+        Ok(n as usize)
     }
 
     fn put_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
-            tx.execute(
-                "INSERT INTO writ_bundles (trust_domain, body) VALUES ($1, $2) \
-                 ON CONFLICT (trust_domain) DO UPDATE SET body = EXCLUDED.body",
-                &[&bundle.trust_domain.as_str(), &enc_s(bundle)?],
-            )
-            .await?;
-            notify(&tx, &format!("b {}", bundle.trust_domain)).await?;
+            let changed = tx
+                .execute(
+                    "INSERT INTO writ_bundles (trust_domain, body) VALUES ($1, $2) \
+                     ON CONFLICT (trust_domain) DO UPDATE SET body = EXCLUDED.body \
+                     WHERE writ_bundles.body IS DISTINCT FROM EXCLUDED.body",
+                    &[&bundle.trust_domain.as_str(), &enc_s(bundle)?],
+                )
+                .await?;
+            if changed > 0 {
+                notify(&tx, &format!("b {}", bundle.trust_domain)).await?;
+            }
+            sent.set(true);
             tx.commit().await?;
             Ok(())
         })
     }
 
     fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, StoreError> {
-        let c = self.conn()?;
-        block_on(c.query_opt(
-            "SELECT body FROM writ_bundles WHERE trust_domain = $1",
-            &[&td.as_str()],
-        ))?
+        with_conn!(self, |c, _sent| {
+            c.query_opt(
+                "SELECT body FROM writ_bundles WHERE trust_domain = $1",
+                &[&td.as_str()],
+            )
+            .await
+            .map_err(StoreError::from)
+        })?
         .map(|r| dec_s(r.get(0)))
         .transpose()
     }
 
     fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
-        let c = self.conn()?;
-        block_on(c.query("SELECT body FROM writ_bundles ORDER BY trust_domain", &[]))?
-            .iter()
-            .map(|r| dec_s(r.get(0)))
-            .collect()
+        with_conn!(self, |c, _sent| {
+            c.query("SELECT body FROM writ_bundles ORDER BY trust_domain", &[])
+                .await
+                .map_err(StoreError::from)
+        })?
+        .iter()
+        .map(|r| dec_s(r.get(0)))
+        .collect()
     }
 
     fn delete_bundle(&self, td: &TrustDomain) -> Result<(), StoreError> {
-        let mut c = self.conn()?;
-        block_on(async {
+        with_conn!(self, |c, sent| {
             let tx = c.transaction().await?;
             let n = tx
                 .execute(
@@ -322,6 +353,7 @@ impl Store for PgStore {
                 });
             }
             notify(&tx, &format!("b {td}")).await?;
+            sent.set(true);
             tx.commit().await?;
             Ok(())
         })
@@ -369,26 +401,35 @@ impl Store for PgStore {
     }
 
     fn put_task(&self, task: &Task) -> Result<(), StoreError> {
-        let c = self.conn()?;
-        block_on(c.execute(
-            "INSERT INTO writ_tasks (id, body) VALUES ($1, $2) \
+        with_conn!(self, |c, _sent| {
+            c.execute(
+                "INSERT INTO writ_tasks (id, body) VALUES ($1, $2) \
              ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
-            &[&task.id, &enc_s(task)?],
-        ))?;
+                &[&task.id, &enc_s(task)?],
+            )
+            .await
+            .map_err(StoreError::from)
+        })?;
         Ok(())
     }
 
     fn list_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let c = self.conn()?;
-        block_on(c.query("SELECT body FROM writ_tasks ORDER BY id", &[]))?
-            .iter()
-            .map(|r| dec_s(r.get(0)))
-            .collect()
+        with_conn!(self, |c, _sent| {
+            c.query("SELECT body FROM writ_tasks ORDER BY id", &[])
+                .await
+                .map_err(StoreError::from)
+        })?
+        .iter()
+        .map(|r| dec_s(r.get(0)))
+        .collect()
     }
 
     fn delete_tasks(&self, ids: &[String]) -> Result<(), StoreError> {
-        let c = self.conn()?;
-        block_on(c.execute("DELETE FROM writ_tasks WHERE id = ANY($1)", &[&ids]))?;
+        with_conn!(self, |c, _sent| {
+            c.execute("DELETE FROM writ_tasks WHERE id = ANY($1)", &[&ids])
+                .await
+                .map_err(StoreError::from)
+        })?;
         Ok(())
     }
 
@@ -408,16 +449,95 @@ impl Store for PgStore {
         Some(self.notices().subscribe())
     }
 
-    fn put_authority_share(&self, share: &Bundle) -> Result<Vec<Bundle>, StoreError> {
+    fn update_own_bundle(
+        &self,
+        share: &Bundle,
+        make: crate::MakeBundle<'_>,
+    ) -> Result<Option<Bundle>, StoreError> {
         let name = format!("authorities/{}", self.instance());
-        self.put_blob(&name, &crate::sled_store::enc(share)?, Some("a"))?;
-        let c = self.conn()?;
-        block_on(c.query(
-            "SELECT body FROM writ_blobs WHERE name LIKE 'authorities/%' ORDER BY name",
-            &[],
-        ))?
-        .iter()
-        .map(|r| crate::sled_store::dec(r.get::<_, &[u8]>(0)))
-        .collect()
+        let share_body = crate::sled_store::enc(share)?;
+        let td = share.trust_domain.as_str();
+        with_conn!(self, |c, sent| {
+            let tx = c.transaction().await?;
+            // One bundle recomputation at a time across servers: each runs after committing
+            // its share inside the lock, so the last one sees every share.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BUNDLE_LOCK])
+                .await?;
+            let changed = tx
+                .execute(
+                    "INSERT INTO writ_blobs (name, body) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body \
+                     WHERE writ_blobs.body IS DISTINCT FROM EXCLUDED.body",
+                    &[&name, &share_body],
+                )
+                .await?;
+            let shares = tx
+                .query(
+                    "SELECT body FROM writ_blobs WHERE name LIKE 'authorities/%' ORDER BY name",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| crate::sled_store::dec(r.get::<_, &[u8]>(0)))
+                .collect::<Result<Vec<Bundle>, _>>()?;
+            let stored: Option<Bundle> = tx
+                .query_opt(
+                    "SELECT body FROM writ_bundles WHERE trust_domain = $1",
+                    &[&td],
+                )
+                .await?
+                .map(|r| dec_s(r.get(0)))
+                .transpose()?;
+            let out = match make(shares, stored.as_ref()) {
+                Some(b) => {
+                    tx.execute(
+                        "INSERT INTO writ_bundles (trust_domain, body) VALUES ($1, $2) \
+                         ON CONFLICT (trust_domain) DO UPDATE SET body = EXCLUDED.body",
+                        &[&td, &enc_s(&b)?],
+                    )
+                    .await?;
+                    notify(&tx, &format!("b {td}")).await?;
+                    Some(b)
+                }
+                None => stored,
+            };
+            if changed > 0 {
+                notify(&tx, "a").await?;
+            }
+            sent.set(true);
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    fn update_revocations(
+        &self,
+        merge: &mut dyn FnMut(Option<&[u8]>) -> Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        with_conn!(self, |c, sent| {
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REVOCATIONS_LOCK])
+                .await?;
+            let cur: Option<Vec<u8>> = tx
+                .query_opt(
+                    "SELECT body FROM writ_blobs WHERE name = $1",
+                    &[&REVOCATIONS],
+                )
+                .await?
+                .map(|r| r.get(0));
+            let next = merge(cur.as_deref());
+            if cur.as_deref() != Some(next.as_slice()) {
+                tx.execute(
+                    "INSERT INTO writ_blobs (name, body) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
+                    &[&REVOCATIONS, &next],
+                )
+                .await?;
+                notify(&tx, "r").await?;
+            }
+            sent.set(true);
+            tx.commit().await?;
+            Ok(next)
+        })
     }
 }
