@@ -119,6 +119,65 @@ async fn agents_only_get_what_they_are_authorised_for() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // Batched JWT-SVIDs: each request decided on its own (B's entry refused, an empty
+    // audience refused, A's minted and valid), every issued token journalled; an oversized
+    // batch is refused whole.
+    let resp = a
+        .client
+        .batch_mint_jwt(pb::BatchMintJwtRequest {
+            requests: vec![
+                pb::MintJwtRequest {
+                    entry_id: mine_id.to_owned(),
+                    audience: vec!["db".into()],
+                },
+                pb::MintJwtRequest {
+                    entry_id: theirs_id.to_owned(),
+                    audience: vec!["db".into()],
+                },
+                pb::MintJwtRequest {
+                    entry_id: mine_id.to_owned(),
+                    audience: vec![],
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = resp.results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            0,
+            Code::PermissionDenied as i32,
+            Code::InvalidArgument as i32
+        ]
+    );
+    assert!(resp.results[1].token.is_empty() && resp.results[2].token.is_empty());
+    let claims =
+        writ_ca::jwt::validate(&resp.results[0].token, "db", writ_core::now_unix(), |_| {
+            Some(s.bundle())
+        })
+        .unwrap();
+    let jti = claims.claims["jti"].as_str().unwrap().to_owned();
+    let trace = s.cli_json(&["audit", "trace", &jti]);
+    assert!(
+        trace.to_string().contains("jwt.issued"),
+        "batched token not journalled: {trace}"
+    );
+    let err = a
+        .client
+        .batch_mint_jwt(pb::BatchMintJwtRequest {
+            requests: vec![
+                pb::MintJwtRequest {
+                    entry_id: mine_id.to_owned(),
+                    audience: vec!["db".into()],
+                };
+                257
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     // A CSR with a bad signature: InvalidArgument in the per-item result.
     let (mut bad, _) = sign_req(mine_id);
     let n = bad.csr.len();

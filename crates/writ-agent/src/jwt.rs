@@ -7,11 +7,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::Code;
 use writ_core::Entry;
 use writ_proto::v1 as pb;
 
 use crate::failover::ServerGone;
+use crate::jwt_batch::Batcher;
 use crate::jwt_cache::{JwtCache, Key, MintLimiter};
 use crate::node_client::Node;
 
@@ -22,6 +22,8 @@ pub(crate) const MINT_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct JwtMinter {
     client: Mutex<Option<(Node, ServerGone)>>,
+    /// Coalesces concurrent cache misses into `BatchMintJwt` calls (one per session).
+    batcher: Mutex<Option<Batcher>>,
     cache: Mutex<JwtCache>,
     limiter: Mutex<MintLimiter>,
 }
@@ -29,6 +31,9 @@ pub(crate) struct JwtMinter {
 impl JwtMinter {
     /// The session's server connection and its gone signal (None while disconnected).
     pub(crate) fn set_client(&self, client: Option<(Node, ServerGone)>) {
+        *self.batcher.lock().unwrap_or_else(|p| p.into_inner()) = client
+            .as_ref()
+            .map(|(node, gone)| Batcher::start(node.clone(), gone.clone()));
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
@@ -87,27 +92,18 @@ impl JwtMinter {
                 "too many new JWT-SVIDs for uid {uid}; try again shortly"
             )));
         }
-        let (mut client, gone) = self
-            .session()
+        let batcher = self
+            .batcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
             .ok_or_else(|| tonic::Status::unavailable("agent is not connected to the server"))?;
-        let call = client.mint_jwt(pb::MintJwtRequest {
-            entry_id: entry.id.clone(),
-            audience: key.audiences.clone(),
-        });
-        let r = tokio::time::timeout(MINT_DEADLINE, call)
-            .await
-            .map_err(|_| {
-                tonic::Status::unavailable(format!(
-                    "cannot mint JWT-SVID: the server did not answer within {}s",
-                    MINT_DEADLINE.as_secs()
-                ))
-            })?
-            .inspect_err(|s| gone.check("MintJwt", s))
-            .map_err(|s| match s.code() {
-                Code::InvalidArgument => s,
-                _ => tonic::Status::unavailable(format!("cannot mint JWT-SVID: {}", s.message())),
-            })?
-            .into_inner();
+        let r = batcher
+            .mint(pb::MintJwtRequest {
+                entry_id: entry.id.clone(),
+                audience: key.audiences.clone(),
+            })
+            .await?;
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
             key,
             r.token.clone(),

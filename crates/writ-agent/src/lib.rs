@@ -33,6 +33,7 @@ pub(crate) mod conn;
 pub(crate) mod deliveries;
 pub(crate) mod failover;
 pub(crate) mod jwt;
+pub(crate) mod jwt_batch;
 pub(crate) mod jwt_cache;
 pub mod node_attest;
 pub mod node_client;

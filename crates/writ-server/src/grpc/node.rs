@@ -23,6 +23,9 @@ use crate::bundles::BundleSet;
 use crate::signing::{SignError, SigningQueue};
 use crate::state::ServerState;
 
+/// Most JWT-SVIDs one `BatchMintJwt` may ask for.
+const MAX_JWT_BATCH: usize = 256;
+
 /// The Node service.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeApi {
@@ -52,15 +55,15 @@ impl NodeApi {
         }
     }
 
-    /// Journals a token's issue record (durably, before it is answered) and, for a
-    /// break-glass entry, its use: counted, logged loudly, journalled.
-    async fn record_token(
+    /// A token's issue record and, for a break-glass entry, its use: counted, logged loudly,
+    /// journalled.
+    fn token_records(
         &self,
         node: &AttestedNode,
         entry: &Entry,
         issued: writ_audit::NewRecord,
         jti: &str,
-    ) -> Result<(), Status> {
+    ) -> Vec<writ_audit::NewRecord> {
         let mut recs = vec![issued];
         if entry.break_glass {
             self.state
@@ -75,6 +78,18 @@ impl NodeApi {
                 Some(jti),
             ));
         }
+        recs
+    }
+
+    /// Journals [`NodeApi::token_records`] durably, before the token is answered.
+    async fn record_token(
+        &self,
+        node: &AttestedNode,
+        entry: &Entry,
+        issued: writ_audit::NewRecord,
+        jti: &str,
+    ) -> Result<(), Status> {
+        let recs = self.token_records(node, entry, issued, jti);
         self.state
             .audit
             .record(recs)
@@ -232,6 +247,65 @@ impl Node for NodeApi {
             token: jwt.token,
             expires_at: jwt.exp,
         }))
+    }
+
+    async fn batch_mint_jwt(
+        &self,
+        req: Request<pb::BatchMintJwtRequest>,
+    ) -> Result<Response<pb::BatchMintJwtResponse>, Status> {
+        let node = caller(&req)?.node;
+        let requests = req.into_inner().requests;
+        if requests.len() > MAX_JWT_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} requests in one BatchMintJwt; at most {MAX_JWT_BATCH}",
+                requests.len()
+            )));
+        }
+        let actor = || writ_audit::Actor::agent(node.spiffe_id.as_str());
+        let mut results = Vec::with_capacity(requests.len());
+        let mut records = Vec::new();
+        for r in &requests {
+            match self.state.mint_jwt_for(&node, &r.entry_id, &r.audience) {
+                Ok((jwt, entry)) => {
+                    let issued = crate::audit::events::jwt_issued(
+                        actor(),
+                        entry.spiffe_id.as_str(),
+                        Some(&entry.id),
+                        &jwt.jti,
+                        &r.audience,
+                        jwt.exp,
+                    );
+                    records.extend(self.token_records(&node, &entry, issued, &jwt.jti));
+                    results.push(pb::MintJwtResult {
+                        token: jwt.token,
+                        expires_at: jwt.exp,
+                        code: 0,
+                        error: String::new(),
+                    });
+                }
+                Err(e) => {
+                    if let SignError::Denied(d) = &e {
+                        if let Some(rec) = d.1.clone() {
+                            records.push(*rec);
+                        }
+                    }
+                    let status = Status::from(e);
+                    results.push(pb::MintJwtResult {
+                        token: String::new(),
+                        expires_at: 0,
+                        code: status.code() as i32,
+                        error: status.message().to_owned(),
+                    });
+                }
+            }
+        }
+        // One journal append for the batch, durable before any token leaves the server.
+        self.state
+            .audit
+            .record(records)
+            .await
+            .map_err(|e| Status::from(SignError::from(e)))?;
+        Ok(Response::new(pb::BatchMintJwtResponse { results }))
     }
 
     async fn mint_wit(
