@@ -144,9 +144,11 @@ impl PgCluster {
     /// Starts the cluster (again, after [`PgCluster::stop`]); returns once it accepts connections.
     pub fn start_again(&self) {
         // fsync off: these clusters only live for a test; a killed *writ* process (what the
-        // tests kill) loses nothing PostgreSQL committed either way.
+        // tests kill) loses nothing PostgreSQL committed either way. pg_stat_statements lets
+        // the benchmark count writ's own statements (not autovacuum's).
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 \
+             -c shared_preload_libraries=pg_stat_statements",
             self.port,
             self.dir.path().display()
         );
