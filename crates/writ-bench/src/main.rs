@@ -4,7 +4,8 @@
 //! cargo build --release && cargo run --release -p writ-bench -- all --write
 //! ```
 //! Sections: `issuance`, `latency`, `propagation`, `scale`, `storm`, `governance`, `tasks`, `ha`
-//! (several servers on a private PostgreSQL), `peers` (or `all`); `smoke` runs every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
+//! (several servers on a private PostgreSQL), `streams` (10,000 streaming workloads), `peers`
+//! (or `all`); `smoke` runs every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
 //! the generated block of docs/benchmarks.md with the table.
 #![allow(
     clippy::unwrap_used,
@@ -19,6 +20,7 @@ mod ha;
 mod peers;
 mod procs;
 mod sections;
+mod streams;
 mod tasks;
 
 use std::time::Instant;
@@ -40,6 +42,8 @@ pub struct Sizes {
     pub storm: usize,
     pub storm_ttl: u64,
     pub audit_records: usize,
+    /// Workload API connections held open in the `streams` section.
+    pub streams: usize,
 }
 
 impl Sizes {
@@ -59,6 +63,7 @@ impl Sizes {
             storm: 10_000,
             storm_ttl: 60,
             audit_records: 1_000_000,
+            streams: 10_000,
         }
     }
 
@@ -78,6 +83,7 @@ impl Sizes {
             storm: 50,
             storm_ttl: 8,
             audit_records: 2000,
+            streams: 20,
         }
     }
 }
@@ -161,7 +167,7 @@ fn machine() -> String {
 }
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "issuance",
     "latency",
     "propagation",
@@ -170,6 +176,7 @@ const SECTIONS: [&str; 11] = [
     "governance",
     "tasks",
     "ha",
+    "streams",
     "peers",
     "all",
     "smoke",
@@ -242,6 +249,10 @@ fn main() {
         if want("ha") {
             eprintln!("== ha");
             rows.extend(ha::ha(&sizes).await);
+        }
+        if want("streams") {
+            eprintln!("== streams");
+            rows.extend(streams::streams(&sizes).await);
         }
         if want("peers") {
             eprintln!("== peers");

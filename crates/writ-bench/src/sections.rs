@@ -430,6 +430,20 @@ pub(crate) async fn batch_mint_rate(targets: Vec<(Node, String)>, batch: usize, 
     minted.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Serves [`Bare`] on a Unix socket under `dir`; returns its path.
+pub(crate) fn bare_server(dir: &Path) -> std::path::PathBuf {
+    let bare_path = dir.join("bare/bare.sock");
+    let l = writ_tls::socket::bind(&bare_path, writ_tls::socket::Access::Private).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(writ_proto::v1::agent_admin_server::AgentAdminServer::new(
+                Bare,
+            ))
+            .serve_with_incoming(UnixListenerStream::new(l)),
+    );
+    bare_path
+}
+
 /// A service that does nothing: the bare tonic unary baseline.
 struct Bare;
 
@@ -443,7 +457,7 @@ impl writ_proto::v1::agent_admin_server::AgentAdmin for Bare {
     }
 }
 
-async fn bare_call(path: &Path) -> f64 {
+pub(crate) async fn bare_call(path: &Path) -> f64 {
     let t = Instant::now();
     let ch = writ_server::client::unix_channel(path).await.unwrap();
     writ_proto::v1::agent_admin_client::AgentAdminClient::new(ch)
@@ -454,7 +468,7 @@ async fn bare_call(path: &Path) -> f64 {
 }
 
 /// A new Workload API connection with its FetchX509SVID stream, after the first answer.
-async fn open_x509_stream(
+pub(crate) async fn open_x509_stream(
     endpoint: &str,
 ) -> (
     writ_client::workload::WorkloadClient,
@@ -473,7 +487,7 @@ async fn open_x509_stream(
     (c, st, first)
 }
 
-async fn fetch_call(endpoint: &str) -> f64 {
+pub(crate) async fn fetch_call(endpoint: &str) -> f64 {
     let t = Instant::now();
     let (_, _, m) = open_x509_stream(endpoint).await;
     assert!(!m.svids.is_empty());
@@ -511,15 +525,7 @@ pub async fn latency(sz: &Sizes) -> Vec<Row> {
         .unwrap();
     wait_svids(&agent, 1).await;
     let endpoint = format!("unix://{}", agent.state.cfg.socket_path.display());
-    let bare_path = dir.path().join("bare/bare.sock");
-    let l = writ_tls::socket::bind(&bare_path, writ_tls::socket::Access::Private).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(writ_proto::v1::agent_admin_server::AgentAdminServer::new(
-                Bare,
-            ))
-            .serve_with_incoming(UnixListenerStream::new(l)),
-    );
+    let bare_path = bare_server(dir.path());
     // Warm up (binary hash cache, allocator).
     for _ in 0..5 {
         fetch_call(&endpoint).await;
