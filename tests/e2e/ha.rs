@@ -194,33 +194,37 @@ fn a_ban_on_one_server_holds_on_the_other() {
     );
 }
 
+/// Runs `writ server run` in `dir` with `store` until it exits (for configs that must fail):
+/// its exit code and stderr.
+fn run_failing(dir: &Path, store: &str) -> (Option<i32>, String) {
+    let cfg = dir.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\n[node_attestor.join_token]\n{store}",
+            free_port(),
+            dir.join("run/admin.sock").display(),
+            dir.join("data").display(),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(writ_bin())
+        .args(["server", "run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// Wrong password, unreachable database, a newer schema: one clear line, exit 1.
 #[test]
 fn bad_database_settings_fail_clearly() {
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().unwrap();
-    let run = |store: &str| {
-        let cfg = dir.path().join("server.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "trust_domain = \"example.org\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"{}\"\ndata_dir = \"{}\"\n[node_attestor.join_token]\n{store}",
-                free_port(),
-                dir.path().join("run/admin.sock").display(),
-                dir.path().join("data").display(),
-            ),
-        )
-        .unwrap();
-        let o = Command::new(writ_bin())
-            .args(["server", "run", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let run = |store: &str| run_failing(dir.path(), store);
     let wrong = dir.path().join("wrong-password");
     std::fs::write(&wrong, "not-it\n").unwrap();
     let (code, err) = run(&format!(
@@ -444,4 +448,52 @@ fn a_ban_missed_by_the_listener_still_ends_streams() {
         Duration::from_secs(30),
         || agent.log().contains("banned").then_some(()),
     );
+}
+
+/// `ca_file` makes every connection TLS, verified against it: the servers' sessions show up as
+/// TLS in `pg_stat_ssl`; a CA that did not sign the database's certificate fails the start with
+/// one line naming the certificate problem; `sslmode=require` without `ca_file` is refused.
+#[test]
+fn tls_to_the_database_is_verified() {
+    let pg = PgCluster::start_tls();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = format!(
+        "{}ca_file = \"{}\"\n",
+        pg_store(&pg, secrets.path()),
+        pg.ca_file().display()
+    );
+    let a = server_on(&store);
+    create(
+        &a,
+        "spiffe://example.org/tls/one",
+        "spiffe://example.org/node/x",
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'writ-server'"
+        ),
+        "t"
+    );
+    drop(a);
+
+    // Another CA: refused, one line, no panic.
+    let other = PgCluster::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |store: &str| run_failing(dir.path(), store);
+    let (code, err) = write(&format!(
+        "{}ca_file = \"{}\"\n",
+        pg_store(&pg, secrets.path()),
+        other.ca_file().display()
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, err) = write(&format!(
+        "[store.postgres]\nurl = \"{}?sslmode=require\"\npassword_file = \"{}\"\n",
+        pg.url(),
+        pg.password_file(secrets.path()).display()
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("ca_file"), "{err}");
 }

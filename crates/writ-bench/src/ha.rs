@@ -269,6 +269,7 @@ pub async fn ha(sz: &Sizes) -> Vec<Row> {
         url: pg.url(),
         password: Some(PG_PASSWORD.into()),
         instance: "bench-populate".into(),
+        ca_pem: None,
     })
     .unwrap();
     populate(&pg_store, n);

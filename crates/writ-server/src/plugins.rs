@@ -75,6 +75,10 @@ struct PostgresSettings {
     /// A file holding the password (one line).
     #[serde(default)]
     password_file: Option<PathBuf>,
+    /// PEM CA certificates the database's TLS certificate must chain to; set, connections
+    /// use TLS and verify the server (name and chain); unset, they are plain.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 fn check_postgres(key: &str, table: &toml::Table) -> Result<(), ConfigError> {
@@ -129,10 +133,20 @@ fn postgres(cfg: &ServerConfig, table: &toml::Table) -> Result<Arc<dyn Store>, S
             Some(pw)
         }
     };
+    let ca_pem = match &s.ca_file {
+        None => None,
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            invalid(
+                "store.postgres.ca_file",
+                format!("cannot read `{}`: {e}", p.display()),
+            )
+        })?),
+    };
     Ok(Arc::new(PgStore::open(PgSettings {
         url: s.url,
         password,
         instance: instance_name(cfg)?,
+        ca_pem,
     })?))
 }
 

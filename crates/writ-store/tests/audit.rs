@@ -273,6 +273,7 @@ fn postgres_appends_from_two_servers_stay_one_chain() {
             url: pg.url(),
             password: Some(PG_PASSWORD.into()),
             instance: name.into(),
+            ca_pem: None,
         })
         .unwrap()
     };

@@ -27,6 +27,7 @@ impl Backend {
                     url: c.url(),
                     password: Some(PG_PASSWORD.into()),
                     instance: "test".into(),
+                    ca_pem: None,
                 })
                 .unwrap(),
             ),
@@ -502,6 +503,7 @@ fn pg_open(pg: &PgCluster, instance: &str) -> PgStore {
         url: pg.url(),
         password: Some(PG_PASSWORD.into()),
         instance: instance.into(),
+        ca_pem: None,
     })
     .unwrap()
 }

@@ -20,6 +20,7 @@ pub struct PgCluster {
     bin: PathBuf,
     port: u16,
     uid: Option<(u32, u32)>,
+    tls: bool,
 }
 
 /// Where the PostgreSQL binaries are (`WRIT_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`).
@@ -60,6 +61,16 @@ fn unprivileged() -> Option<(u32, u32)> {
 impl PgCluster {
     /// Makes and starts a cluster with the database `writ`.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`PgCluster::start`] serving TLS too (`ssl = on`) with a server certificate for
+    /// `127.0.0.1` from a test CA made with `openssl` ([`PgCluster::ca_file`]).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("writ-pg")
@@ -79,7 +90,11 @@ impl PgCluster {
             dir,
             bin,
             uid,
+            tls,
         };
+        if tls {
+            c.make_certificates();
+        }
         c.run(
             "initdb",
             &[
@@ -119,6 +134,95 @@ impl PgCluster {
         c
     }
 
+    /// The test CA's certificate (PEM), for `ca_file` (clusters from [`PgCluster::start_tls`]).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.crt")
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 under `tls/`, made with `openssl`.
+    fn make_certificates(&self) {
+        let d = self.dir.path().join("tls");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for args in [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=writ-test-pg-ca",
+                ],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        ] {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(&d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let key = d.join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((u, g)) = self.uid {
+            for f in ["", "server.key", "server.crt"] {
+                std::os::unix::fs::chown(d.join(f), Some(u), Some(g)).unwrap();
+            }
+        }
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -146,12 +250,20 @@ impl PgCluster {
         // fsync off: these clusters only live for a test; a killed *writ* process (what the
         // tests kill) loses nothing PostgreSQL committed either way. pg_stat_statements lets
         // the benchmark count writ's own statements (not autovacuum's).
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 \
              -c shared_preload_libraries=pg_stat_statements",
             self.port,
             self.dir.path().display()
         );
+        if self.tls {
+            let d = self.dir.path().join("tls");
+            opts += &format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                d.join("server.crt").display(),
+                d.join("server.key").display()
+            );
+        }
         let log = self.dir.path().join("postgres.log");
         self.run(
             "pg_ctl",

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Config};
 
 use crate::Notice;
 
@@ -31,12 +31,17 @@ pub(crate) fn parse(payload: &str) -> Option<Notice> {
 }
 
 /// Starts the listener on `rt`; it runs until the runtime is dropped.
-pub(crate) fn spawn(rt: &tokio::runtime::Handle, cfg: Config, out: broadcast::Sender<Notice>) {
+pub(crate) fn spawn(
+    rt: &tokio::runtime::Handle,
+    cfg: Config,
+    tls: super::tls::Tls,
+    out: broadcast::Sender<Notice>,
+) {
     rt.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
         loop {
-            match cfg.connect(NoTls).await {
+            match tls.connect(&cfg).await {
                 Ok((client, mut conn)) => {
                     // The connection must be polled for the LISTEN to complete; drive both.
                     let listen = client.batch_execute("LISTEN writ");

@@ -49,6 +49,7 @@ mod entries;
 mod listen;
 mod records;
 mod schema;
+mod tls;
 
 use std::future::Future;
 use std::pin::pin;
@@ -59,7 +60,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::{Notice, StoreError};
 
@@ -83,6 +84,8 @@ pub struct PgSettings {
     pub password: Option<String>,
     /// This server's name among the servers sharing the database (keys its CA journal).
     pub instance: String,
+    /// PEM roots the database's TLS certificate must chain to (`ca_file`); None: no TLS.
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -95,6 +98,7 @@ impl std::fmt::Debug for PgSettings {
             .field("url", &url)
             .field("password", &self.password.as_ref().map(|_| "(redacted)"))
             .field("instance", &self.instance)
+            .field("tls", &self.ca_pem.is_some())
             .finish()
     }
 }
@@ -155,6 +159,22 @@ impl PgStore {
         if let Some(p) = &settings.password {
             cfg.password(p.as_bytes());
         }
+        let tls = tls::Tls::from_pem(settings.ca_pem.as_deref())?;
+        match (&tls, cfg.get_ssl_mode()) {
+            (tls::Tls::Off, tokio_postgres::config::SslMode::Require) => {
+                return Err(StoreError::Open {
+                    path: "[store.postgres] url".into(),
+                    source: "sslmode=require needs [store.postgres] ca_file (the CA that \
+                             signed the database's certificate) to verify the server"
+                        .into(),
+                })
+            }
+            // With ca_file, TLS is required: never fall back to plain text.
+            (tls::Tls::On(_), _) => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            }
+            _ => {}
+        }
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -177,6 +197,7 @@ impl PgStore {
             .map_err(|e| StoreError::Db(e.into()))?;
         let pool = Pool {
             cfg: cfg.clone(),
+            tls: tls.clone(),
             handle: rt.handle().clone(),
             idle: Mutex::new(Vec::new()),
             free: Condvar::new(),
@@ -196,7 +217,7 @@ impl PgStore {
             let mut c = store.conn()?;
             block_on(schema::migrate(&mut c))?;
         }
-        listen::spawn(&handle, cfg, store.notices.clone());
+        listen::spawn(&handle, cfg, tls, store.notices.clone());
         Ok(store)
     }
 
@@ -251,6 +272,7 @@ impl Drop for Conn<'_> {
 /// A blocking pool of connections.
 struct Pool {
     cfg: Config,
+    tls: tls::Tls,
     handle: tokio::runtime::Handle,
     idle: Mutex<Vec<Client>>,
     free: Condvar,
@@ -260,10 +282,10 @@ struct Pool {
 
 impl Pool {
     fn connect_raw(&self) -> Result<Client, StoreError> {
-        let cfg = self.cfg.clone();
+        let (cfg, tls) = (self.cfg.clone(), self.tls.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         self.handle.spawn(async move {
-            match cfg.connect(NoTls).await {
+            match tls.connect(&cfg).await {
                 Ok((client, conn)) => {
                     let _ = tx.send(Ok(client));
                     if let Err(e) = conn.await {
