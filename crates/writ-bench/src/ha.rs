@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use writ_proto::v1 as pb;
 use writ_server::RunningServer;
 use writ_store::{PgSettings, PgStore, SledStore, Store};
 use writ_testkit::{PgCluster, TestAgent, TestServer, PG_PASSWORD};
@@ -342,21 +341,8 @@ pub async fn ha(sz: &Sizes) -> Vec<Row> {
             .state
             .create_join_token(Some(td().id(&format!("/node/n{}", i % 1000)).unwrap()), 600)
             .unwrap();
-        let mut node = sim_agent(&s.listen_addr.to_string(), &bundle, &tok.token).await;
-        let mut st = node
-            .sync_entries(pb::SyncEntriesRequest { after_revision: 0 })
-            .await
-            .unwrap()
-            .into_inner();
-        loop {
-            let m = st.message().await.unwrap().unwrap();
-            if let Some(pb::sync_entries_response::Event::Snapshot(p)) = m.event {
-                if p.last {
-                    break;
-                }
-            }
-        }
-        streams.push((node, st));
+        let node = sim_agent(&s.listen_addr.to_string(), &bundle, &tok.token).await;
+        streams.push(crate::procs::synced(node).await);
     }
     let attach = t.elapsed().as_secs_f64();
     // Attestation leaves a tail of writes (journal records, node records as agents' first

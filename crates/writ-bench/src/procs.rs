@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use writ_agent::node_client::Node;
 use writ_proto::v1 as pb;
 use writ_store::Store;
 
@@ -162,6 +163,25 @@ async fn measured_sync(srv: &ServerProc, runs: usize, expect: usize) -> f64 {
     percentile(&mut times, 50.0)
 }
 
+/// A sim agent's sync stream, opened and read up to the end of its first snapshot; returned
+/// with the client so both stay open.
+pub(crate) async fn synced(mut c: Node) -> (Node, tonic::Streaming<pb::SyncEntriesResponse>) {
+    let mut st = c
+        .sync_entries(pb::SyncEntriesRequest { after_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let m = st.message().await.unwrap().unwrap();
+        if let Some(pb::sync_entries_response::Event::Snapshot(p)) = m.event {
+            if p.last {
+                break;
+            }
+        }
+    }
+    (c, st)
+}
+
 pub async fn scale(sz: &Sizes) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut sync_ms = Vec::new();
@@ -202,22 +222,10 @@ pub async fn scale(sz: &Sizes) -> Vec<Row> {
                 let (addr, bundle, sem) = (srv.addr.clone(), bundle.clone(), sem.clone());
                 tasks.push(tokio::spawn(async move {
                     let permit = sem.acquire_owned().await.unwrap();
-                    let mut c = sim_agent(&addr, &bundle, &tok).await;
-                    let mut st = c
-                        .sync_entries(pb::SyncEntriesRequest { after_revision: 0 })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    loop {
-                        let m = st.message().await.unwrap().unwrap();
-                        if let Some(pb::sync_entries_response::Event::Snapshot(p)) = m.event {
-                            if p.last {
-                                break;
-                            }
-                        }
-                    }
+                    let c = sim_agent(&addr, &bundle, &tok).await;
+                    let held = synced(c).await;
                     drop(permit);
-                    (c, st)
+                    held
                 }));
             }
             let mut held = Vec::new();

@@ -146,13 +146,6 @@ impl PgStore {
     }
 
     pub(crate) fn pg_audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        with_conn!(self, |c, _sent| {
-            c.query("SELECT body FROM writ_audit_checkpoints ORDER BY seq", &[])
-                .await
-                .map_err(StoreError::from)
-        })?
-        .iter()
-        .map(|r| dec_s(r.get(0)))
-        .collect()
+        self.read_all("SELECT body FROM writ_audit_checkpoints ORDER BY seq", &[])
     }
 }

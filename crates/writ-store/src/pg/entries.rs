@@ -257,12 +257,7 @@ impl PgStore {
     }
 
     pub(crate) fn pg_get_entry(&self, id: &str) -> Result<Option<Entry>, StoreError> {
-        with_conn!(self, |c, sent| {
-            c.query_opt("SELECT body FROM writ_entries WHERE id = $1", &[&id])
-                .await?
-                .map(|r| dec_s(r.get(0)))
-                .transpose()
-        })
+        self.read_one("SELECT body FROM writ_entries WHERE id = $1", &[&id])
     }
 
     /// Entries by a filter, all of them.

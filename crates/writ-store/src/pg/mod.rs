@@ -230,6 +230,29 @@ impl PgStore {
         })
     }
 
+    /// The JSON `body` column (first column) of every row `sql` returns, decoded.
+    pub(crate) fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[P<'_>],
+    ) -> Result<Vec<T>, StoreError> {
+        with_conn!(self, |c, _sent| { Ok(c.query(sql, params).await?) })?
+            .iter()
+            .map(|r| entries::dec_s(r.get(0)))
+            .collect()
+    }
+
+    /// [`PgStore::read_all`] for a query of at most one row.
+    pub(crate) fn read_one<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[P<'_>],
+    ) -> Result<Option<T>, StoreError> {
+        with_conn!(self, |c, _sent| { Ok(c.query_opt(sql, params).await?) })?
+            .map(|r| entries::dec_s(r.get(0)))
+            .transpose()
+    }
+
     /// This server's name among those sharing the database.
     pub(crate) fn instance(&self) -> &str {
         &self.instance

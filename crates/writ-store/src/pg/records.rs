@@ -203,24 +203,11 @@ impl Store for PgStore {
     }
 
     fn get_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>, StoreError> {
-        with_conn!(self, |c, _sent| {
-            c.query_opt("SELECT body FROM writ_nodes WHERE id = $1", &[&id.as_str()])
-                .await
-                .map_err(StoreError::from)
-        })?
-        .map(|r| dec_s(r.get(0)))
-        .transpose()
+        self.read_one("SELECT body FROM writ_nodes WHERE id = $1", &[&id.as_str()])
     }
 
     fn list_nodes(&self) -> Result<Vec<AttestedNode>, StoreError> {
-        with_conn!(self, |c, _sent| {
-            c.query("SELECT body FROM writ_nodes ORDER BY id", &[])
-                .await
-                .map_err(StoreError::from)
-        })?
-        .iter()
-        .map(|r| dec_s(r.get(0)))
-        .collect()
+        self.read_all("SELECT body FROM writ_nodes ORDER BY id", &[])
     }
 
     fn delete_node(&self, id: &SpiffeId) -> Result<AttestedNode, StoreError> {
@@ -314,27 +301,14 @@ impl Store for PgStore {
     }
 
     fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>, StoreError> {
-        with_conn!(self, |c, _sent| {
-            c.query_opt(
-                "SELECT body FROM writ_bundles WHERE trust_domain = $1",
-                &[&td.as_str()],
-            )
-            .await
-            .map_err(StoreError::from)
-        })?
-        .map(|r| dec_s(r.get(0)))
-        .transpose()
+        self.read_one(
+            "SELECT body FROM writ_bundles WHERE trust_domain = $1",
+            &[&td.as_str()],
+        )
     }
 
     fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
-        with_conn!(self, |c, _sent| {
-            c.query("SELECT body FROM writ_bundles ORDER BY trust_domain", &[])
-                .await
-                .map_err(StoreError::from)
-        })?
-        .iter()
-        .map(|r| dec_s(r.get(0)))
-        .collect()
+        self.read_all("SELECT body FROM writ_bundles ORDER BY trust_domain", &[])
     }
 
     fn delete_bundle(&self, td: &TrustDomain) -> Result<(), StoreError> {
@@ -414,14 +388,7 @@ impl Store for PgStore {
     }
 
     fn list_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        with_conn!(self, |c, _sent| {
-            c.query("SELECT body FROM writ_tasks ORDER BY id", &[])
-                .await
-                .map_err(StoreError::from)
-        })?
-        .iter()
-        .map(|r| dec_s(r.get(0)))
-        .collect()
+        self.read_all("SELECT body FROM writ_tasks ORDER BY id", &[])
     }
 
     fn delete_tasks(&self, ids: &[String]) -> Result<(), StoreError> {
