@@ -3,18 +3,32 @@
 //! bundles. Every change bumps a generation counter that Workload API streams watch.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use writ_core::{selector::is_subset, Bundle, Entry, Selector, SpiffeId};
+use writ_core::{selector::is_subset, Bundle, Entry, EntryById, Selector, SpiffeId};
+
+/// What every SVID one CA signed has in common: the chain above the leaf (the CA's certificate
+/// and any upstream ones) and the CA's key ID. Held once and shared (`Cache::issuer`), not
+/// copied into each of thousands of SVIDs (~0.5 KiB each).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Issuer {
+    /// The certificates above the leaf, nearest first (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// The issuing CA's key ID (hex, the leaf's authority key identifier): for taints.
+    pub key_id: String,
+}
 
 /// An X509-SVID held for an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedSvid {
     /// The entry's revision when the SVID was requested (a newer entry revision means re-sign).
     pub entry_revision: u64,
-    /// The identity.
+    /// The identity (shares the entry's text).
     pub spiffe_id: SpiffeId,
-    /// Chain, leaf first (DER).
-    pub chain: Vec<Vec<u8>>,
+    /// The leaf certificate (DER).
+    pub leaf: Vec<u8>,
+    /// The rest of the chain and the issuing CA's key ID, shared with the CA's other SVIDs.
+    pub issuer: Arc<Issuer>,
     /// PKCS#8 DER private key.
     pub key_pkcs8: Vec<u8>,
     /// When it was issued (unix seconds).
@@ -23,11 +37,23 @@ pub struct CachedSvid {
     pub expires_at: i64,
     /// Serial number of the leaf, lowercase hex (as the server's revocation list names it).
     pub serial: String,
-    /// The leaf's authority key identifier (hex): which CA signed it, for taints.
-    pub issuer_key_id: String,
     /// When to rotate: half of the lifetime, minus up to a tenth of it at random, so a fleet
     /// that got SVIDs at the same moment does not come back at the same moment.
     pub rotate_at: i64,
+}
+
+impl CachedSvid {
+    /// The chain as the Workload API sends it: DER certificates, leaf first, concatenated.
+    pub fn chain_der(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.leaf.len() + self.issuer.chain.iter().map(Vec::len).sum::<usize>(),
+        );
+        out.extend_from_slice(&self.leaf);
+        for c in &self.issuer.chain {
+            out.extend_from_slice(c);
+        }
+        out
+    }
 }
 
 /// The agent's cache.
@@ -38,20 +64,25 @@ pub struct Cache {
     /// Whether a full snapshot has been received (resume is possible).
     pub synced: bool,
     /// Entries by ID (changed only through the methods below, which keep the lookups in step).
-    entries: HashMap<String, Entry>,
-    /// Entry IDs by the entry's smallest selector: an entry can only match a workload that has
-    /// all its selectors, so looking up the workload's selectors finds every candidate, in time
+    /// Each entry is held once; the lookups point at it.
+    entries: HashSet<EntryById>,
+    /// Entries by their smallest selector: an entry can only match a workload that has all
+    /// its selectors, so looking up the workload's selectors finds every candidate, in time
     /// that follows the workload's selectors and not the agent's entries.
-    by_selector: HashMap<Selector, HashSet<String>>,
+    by_selector: HashMap<Selector, HashSet<EntryById>>,
     /// Entries without selectors (candidates for every workload).
-    unselected: HashSet<String>,
+    unselected: HashSet<EntryById>,
+    /// The issuers of the cached SVIDs (a handful: the CAs of the last rotations).
+    issuers: Vec<Arc<Issuer>>,
     /// How many entries have each SPIFFE ID (an entry parented to one is nested, not servable).
     spiffe_ids: HashMap<SpiffeId, usize>,
     /// How many entries use each selector kind (`unix:sha256`, ...): attestors skip expensive
     /// selectors (hashing a binary) that no entry asks for.
     kinds: HashMap<String, usize>,
     /// SVIDs by entry ID.
-    pub svids: HashMap<String, CachedSvid>,
+    /// Boxed: the table then holds a pointer, not the whole record, in each of its slots
+    /// (hash tables keep a third or more of their slots empty).
+    pub svids: HashMap<String, Box<CachedSvid>>,
     /// Own trust domain bundle.
     pub own_bundle: Bundle,
     /// Federated bundles.
@@ -74,9 +105,10 @@ impl Cache {
         Cache {
             revision: 0,
             synced: false,
-            entries: HashMap::new(),
+            entries: HashSet::new(),
             by_selector: HashMap::new(),
             unselected: HashSet::new(),
+            issuers: Vec::new(),
             spiffe_ids: HashMap::new(),
             kinds: HashMap::new(),
             svids: HashMap::new(),
@@ -102,7 +134,7 @@ impl Cache {
     ) -> usize {
         let mut due = 0;
         for s in self.svids.values_mut() {
-            if x509.contains(&s.issuer_key_id) && s.rotate_at > now {
+            if x509.contains(&s.issuer.key_id) && s.rotate_at > now {
                 let life = (s.expires_at - now).max(1);
                 s.rotate_at = now + jitter(life);
                 due += 1;
@@ -131,47 +163,90 @@ impl Cache {
         changed
     }
 
-    /// Entries by ID.
-    pub fn entries(&self) -> &HashMap<String, Entry> {
-        &self.entries
+    /// The entry with this ID.
+    pub fn entry(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.entries.get(id).map(|e| &e.0)
     }
 
-    /// Replaces every entry (a snapshot).
-    pub fn replace_entries(&mut self, entries: HashMap<String, Entry>) {
+    /// Every entry, in no order.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> + '_ {
+        self.entries.iter().map(|e| &e.0)
+    }
+
+    /// How many entries the agent holds.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The shared [`Issuer`] for an SVID's chain above the leaf: the one already held when the
+    /// same CA signed other cached SVIDs, else a new one (issuers no SVID uses are dropped).
+    pub fn issuer(&mut self, chain: Vec<Vec<u8>>, key_id: String) -> Arc<Issuer> {
+        if let Some(i) = self
+            .issuers
+            .iter()
+            .find(|i| i.key_id == key_id && i.chain == chain)
+        {
+            return i.clone();
+        }
+        self.issuers.retain(|i| Arc::strong_count(i) > 1);
+        let i = Arc::new(Issuer { chain, key_id });
+        self.issuers.push(i.clone());
+        i
+    }
+
+    /// Replaces every entry (a snapshot; one entry per ID). The entries arrive already in
+    /// their final allocation, so a snapshot leaves no large table of copies behind.
+    pub fn replace_entries(&mut self, entries: impl IntoIterator<Item = Arc<Entry>>) {
         self.entries.clear();
         self.by_selector.clear();
         self.unselected.clear();
         self.spiffe_ids.clear();
         self.kinds.clear();
-        for (_, e) in entries {
-            self.upsert_entry(e);
+        for e in entries {
+            self.insert(e);
         }
     }
 
     /// Adds or replaces one entry.
     pub fn upsert_entry(&mut self, e: Entry) {
+        self.insert(Arc::new(e));
+    }
+
+    fn insert(&mut self, mut e: Arc<Entry>) {
         self.remove_entry(&e.id);
-        match e.selectors.iter().min() {
+        // Most entries share a parent (this agent or one of its aliases): share its text.
+        if let (Some(p), Some(mine)) = (
+            self.entries
+                .iter()
+                .next()
+                .map(|x| &x.0.parent_id)
+                .filter(|p| **p == e.parent_id),
+            Arc::get_mut(&mut e),
+        ) {
+            mine.parent_id = p.clone();
+        }
+        let e = EntryById(e);
+        match e.0.selectors.iter().min() {
             Some(s) => {
                 self.by_selector
                     .entry(s.clone())
                     .or_default()
-                    .insert(e.id.clone());
+                    .insert(e.clone());
             }
             None => {
-                self.unselected.insert(e.id.clone());
+                self.unselected.insert(e.clone());
             }
         }
-        *self.spiffe_ids.entry(e.spiffe_id.clone()).or_default() += 1;
-        for k in selector_kinds(&e) {
+        *self.spiffe_ids.entry(e.0.spiffe_id.clone()).or_default() += 1;
+        for k in selector_kinds(&e.0) {
             *self.kinds.entry(k).or_default() += 1;
         }
-        self.entries.insert(e.id.clone(), e);
+        self.entries.insert(e);
     }
 
     /// Removes one entry, if present.
     pub fn remove_entry(&mut self, id: &str) {
-        let Some(e) = self.entries.remove(id) else {
+        let Some(EntryById(e)) = self.entries.take(id) else {
             return;
         };
         match e.selectors.iter().min() {
@@ -216,7 +291,8 @@ impl Cache {
     /// nested under a workload entry are for a downstream agent running as that workload).
     pub fn servable(&self, now: i64) -> Vec<&Entry> {
         self.entries
-            .values()
+            .iter()
+            .map(|e| &*e.0)
             .filter(|e| self.is_servable(e, now))
             .collect()
     }
@@ -229,7 +305,7 @@ impl Cache {
             .filter_map(|s| self.by_selector.get(s))
             .flatten()
             .chain(&self.unselected)
-            .filter_map(|id| self.entries.get(id))
+            .map(|e| &*e.0)
             .filter(|e| self.is_servable(e, now) && is_subset(&e.selectors, selectors))
             .collect();
         m.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then(a.id.cmp(&b.id)));
@@ -241,7 +317,7 @@ impl Cache {
     /// Drops SVIDs whose entries are gone.
     pub fn prune(&mut self) {
         let entries = &self.entries;
-        self.svids.retain(|id, _| entries.contains_key(id));
+        self.svids.retain(|id, _| entries.contains(id.as_str()));
     }
 
     /// The bundle of a trust domain (own or federated).
@@ -296,10 +372,10 @@ mod tests {
 
     /// The definition: servable entries all of whose selectors the workload has.
     fn brute<'a>(c: &'a Cache, ws: &[Selector], now: i64) -> Vec<&'a str> {
-        let ids: HashSet<&SpiffeId> = c.entries.values().map(|e| &e.spiffe_id).collect();
+        let ids: HashSet<&SpiffeId> = c.entries().map(|e| &e.spiffe_id).collect();
         let mut m: Vec<&Entry> = c
-            .entries
-            .values()
+            .entries()
+            .map(|e| &**e)
             .filter(|e| !e.is_expired(now) && !ids.contains(&e.parent_id))
             .filter(|e| is_subset(&e.selectors, ws))
             .collect();
@@ -346,10 +422,13 @@ mod tests {
                 assert_eq!(got, brute(&c, &ws, now), "step {step}");
             }
         }
-        let all: HashMap<String, Entry> = c.entries.clone();
-        c.replace_entries(all.clone());
-        assert_eq!(c.entries, all);
-        c.replace_entries(HashMap::new());
+        let all: HashMap<String, Entry> =
+            c.entries().map(|e| (e.id.clone(), (**e).clone())).collect();
+        c.replace_entries(all.values().cloned().map(Arc::new));
+        let again: HashMap<String, Entry> =
+            c.entries().map(|e| (e.id.clone(), (**e).clone())).collect();
+        assert_eq!(again, all);
+        c.replace_entries(Vec::new());
         assert!(c.by_selector.is_empty() && c.unselected.is_empty() && c.spiffe_ids.is_empty());
     }
 }

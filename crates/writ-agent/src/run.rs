@@ -59,7 +59,7 @@ impl AgentAdmin for Admin {
             entries_without_svid: without,
             agent_id,
             connected: self.state.view.is_connected(),
-            entries: c.entries().len() as u64,
+            entries: c.entry_count() as u64,
             svids: c.svids.len() as u64,
             agent_svid_expires_at: expires,
             revision: c.revision,

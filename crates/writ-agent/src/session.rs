@@ -14,13 +14,11 @@
 //! forgotten and the agent attests again (x509pop can; a used join token cannot, and the log
 //! says so).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
 use writ_ca::{KeyType, PrivateKey};
-use writ_core::Entry;
 use writ_proto::v1 as pb;
 
 use crate::failover::{self, Server, ServerGone, Servers};
@@ -264,7 +262,7 @@ impl AgentState {
                 .map(|i| i.issued_at + (i.expires_at - i.issued_at) / 2)
                 .unwrap_or(0)
         };
-        let mut pending: Option<(u64, HashMap<String, Entry>)> = None;
+        let mut pending: crate::sync::PendingSnapshot = None;
         let end = loop {
             let renew_in = Duration::from_secs((renew_at - writ_core::now_unix()).max(0) as u64);
             tokio::select! {

@@ -154,38 +154,35 @@ impl AgentState {
                     continue;
                 }
                 // Only keep it if the entry is still the one we asked for.
-                if c.entries().get(&e.id).map(|x| x.revision) != Some(e.revision) {
+                if c.entry(&e.id).map(|x| x.revision) != Some(e.revision) {
                     continue;
                 }
-                let serial = r
-                    .cert_chain
-                    .first()
-                    .map(|d| leaf_serial(d))
-                    .unwrap_or_default();
-                let issuer_key_id = r
-                    .cert_chain
-                    .first()
-                    .map(|d| writ_ca::authority::authority_key_id(d))
-                    .unwrap_or_default();
+                let mut chain = r.cert_chain;
+                // A fresh allocation of exactly the leaf: the decoded one sits among the
+                // response's short-lived buffers, and the cache keeps it for hours.
+                let leaf = chain.remove(0).as_slice().to_vec();
+                let serial = leaf_serial(&leaf);
+                let issuer_key_id = writ_ca::authority::authority_key_id(&leaf);
                 // Revoked while it was being signed: never served.
                 if c.revoked_serials.contains(&serial) {
                     continue;
                 }
+                let issuer = c.issuer(chain, issuer_key_id);
                 let life = (r.expires_at - now).max(1);
                 let jitter = self.random_below((life / 10).max(0) as u64) as i64;
                 c.svids.insert(
                     e.id.clone(),
-                    CachedSvid {
+                    Box::new(CachedSvid {
                         entry_revision: e.revision,
                         spiffe_id: e.spiffe_id.clone(),
-                        chain: r.cert_chain,
+                        leaf,
+                        issuer,
                         key_pkcs8: k.pkcs8_der().to_vec(),
                         issued_at: now,
                         expires_at: r.expires_at,
                         serial,
-                        issuer_key_id,
                         rotate_at: now + life / 2 - jitter,
-                    },
+                    }),
                 );
                 added += 1;
             }

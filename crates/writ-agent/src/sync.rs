@@ -9,15 +9,16 @@
 //!
 //! [`WorkloadView`]: crate::view::WorkloadView
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-use writ_core::{Bundle, Entry, TrustDomain};
+use writ_core::{Bundle, EntryById, TrustDomain};
 use writ_proto::v1 as pb;
 
 use crate::state::AgentState;
 
 /// Snapshot pages received so far: the snapshot's revision and its entries.
-pub(crate) type PendingSnapshot = Option<(u64, HashMap<String, Entry>)>;
+pub(crate) type PendingSnapshot = Option<(u64, HashSet<EntryById>)>;
 
 impl AgentState {
     /// Applies one message of the sync stream.
@@ -40,25 +41,24 @@ impl AgentState {
                     });
                     return;
                 }
-                let (_, map) = pending.get_or_insert_with(|| (page.revision, HashMap::new()));
+                let (_, set) = pending.get_or_insert_with(|| (page.revision, HashSet::new()));
                 for e in page.entries.iter().filter_map(conv) {
-                    map.insert(e.id.clone(), e);
+                    set.replace(EntryById(Arc::new(e)));
                 }
                 if page.last {
-                    let (_, map) = pending.take().unwrap_or_default();
+                    let (_, set) = pending.take().unwrap_or_default();
                     self.view.update(|c| {
-                        c.replace_entries(map);
+                        c.replace_entries(set.into_iter().map(|e| e.0));
                         c.revision = page.revision;
                         c.synced = true;
                         c.prune();
                         tracing::info!(
-                            entries = c.entries().len(),
+                            entries = c.entry_count(),
                             revision = c.revision,
                             "entry snapshot received"
                         );
                         self.view.jwt.retain(|k| {
-                            c.entries()
-                                .get(&k.entry_id)
+                            c.entry(&k.entry_id)
                                 .is_some_and(|e| e.spiffe_id == k.spiffe_id)
                         });
                         ((), true)

@@ -146,12 +146,22 @@ async fn refresh_loop(view: Weak<WorkloadView>) {
         let Some(view) = view.upgrade() else { return };
         let now = writ_core::now_unix();
         let stale: Vec<Entry> = {
-            let entries = view.read().entries().clone();
+            // Look up only the entries that have a WIT-SVID (not a copy of every entry), and
+            // never hold both locks at once.
+            let ids: HashSet<String> = lock(&view.wit.cache).keys().cloned().collect();
+            let held: HashMap<String, Arc<Entry>> = {
+                let c = view.read();
+                ids.iter()
+                    .filter_map(|id| c.entry(id).map(|e| (id.clone(), e.clone())))
+                    .collect()
+            };
             let mut cache = lock(&view.wit.cache);
-            cache.retain(|id, _| entries.contains_key(id));
+            // Forget what was checked and found gone; a WIT-SVID minted meanwhile stays.
+            cache.retain(|id, _| held.contains_key(id) || !ids.contains(id));
             cache
                 .iter()
-                .filter_map(|(id, c)| entries.get(id).filter(|e| !c.fresh(e, now)).cloned())
+                .filter_map(|(id, c)| held.get(id).filter(|e| !c.fresh(e, now)))
+                .map(|e| (**e).clone())
                 .collect()
         };
         for e in stale {

@@ -19,7 +19,9 @@ mod governance;
 mod ha;
 mod peers;
 mod procs;
+mod scale;
 mod sections;
+mod storm;
 mod streams;
 mod tasks;
 
@@ -39,7 +41,11 @@ pub struct Sizes {
     pub sim_agents: usize,
     pub measured: usize,
     pub agent_svids: usize,
+    /// Entries in the largest `scale` run.
+    pub huge_total: usize,
     pub storm: usize,
+    /// Agent processes the storm's SVIDs are spread over.
+    pub storm_agents: usize,
     pub storm_ttl: u64,
     pub audit_records: usize,
     /// Workload API connections held open in the `streams` section.
@@ -60,8 +66,10 @@ impl Sizes {
             sim_agents: 1000,
             measured: 1000,
             agent_svids: 10_000,
-            storm: 10_000,
-            storm_ttl: 60,
+            huge_total: 1_000_000,
+            storm: 100_000,
+            storm_agents: 100,
+            storm_ttl: 180,
             audit_records: 1_000_000,
             streams: 10_000,
         }
@@ -80,7 +88,9 @@ impl Sizes {
             sim_agents: 10,
             measured: 100,
             agent_svids: 50,
+            huge_total: 5000,
             storm: 50,
+            storm_agents: 2,
             storm_ttl: 8,
             audit_records: 2000,
             streams: 20,
@@ -232,11 +242,11 @@ fn main() {
         }
         if want("scale") {
             eprintln!("== scale");
-            rows.extend(procs::scale(&sizes).await);
+            rows.extend(scale::scale(&sizes).await);
         }
         if want("storm") {
             eprintln!("== storm");
-            rows.extend(procs::storm(&sizes).await);
+            rows.extend(storm::storm(&sizes).await);
         }
         if want("governance") {
             eprintln!("== governance");

@@ -251,6 +251,33 @@ impl Delegation {
 
 const MAX_TTL: u64 = 10 * 365 * 86_400;
 
+/// A shared entry in a set keyed by its ID: the set finds it by `&str` without holding the ID
+/// a second time (an 8-byte slot instead of a `String` key and its allocation). The indexes
+/// of the server and the agent hold every entry once and point at it from each lookup.
+#[derive(Debug, Clone)]
+pub struct EntryById(pub std::sync::Arc<Entry>);
+
+impl std::hash::Hash for EntryById {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // Exactly as the `str` it borrows as (the `Borrow` contract).
+        self.0.id.as_str().hash(h)
+    }
+}
+
+impl PartialEq for EntryById {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.id == o.0.id
+    }
+}
+
+impl Eq for EntryById {}
+
+impl std::borrow::Borrow<str> for EntryById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
 impl Entry {
     /// An entry granting `spiffe_id` to `parent_id` for callers with `selectors`; everything
     /// else empty or the server default (no ID yet: the store assigns one).

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -191,12 +192,17 @@ impl From<TrustDomain> for String {
 }
 
 /// A SPIFFE ID: `spiffe://<trust domain>[/<path>]`, canonical by construction.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+///
+/// The text is shared (`Arc<str>`): a clone costs a reference count, not a copy, so the many
+/// places that hold the same ID (an entry's parent, the SVID cached for it, index keys) can
+/// share one allocation. Equality, ordering and hashing are those of the text.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct SpiffeId {
-    id: String,
-    /// Byte offset where the path starts (== id.len() when there is no path).
-    path_start: usize,
+    id: Arc<str>,
+    /// Byte offset where the path starts (== id.len() when there is no path). IDs are at most
+    /// `MAX_ID_LEN` bytes, so this fits.
+    path_start: u32,
 }
 
 impl SpiffeId {
@@ -216,8 +222,9 @@ impl SpiffeId {
         check_trust_domain(s, td)?;
         check_path(s, path)?;
         Ok(SpiffeId {
-            id: s.to_owned(),
-            path_start: SCHEME.len() + td_end,
+            id: Arc::from(s),
+            // s.len() <= MAX_ID_LEN was checked above.
+            path_start: (SCHEME.len() + td_end) as u32,
         })
     }
 
@@ -237,12 +244,12 @@ impl SpiffeId {
 
     /// The trust domain part, borrowed.
     pub fn trust_domain_str(&self) -> &str {
-        &self.id[SCHEME.len()..self.path_start]
+        &self.id[SCHEME.len()..self.path_start as usize]
     }
 
     /// The path, `""` or starting with `/`.
     pub fn path(&self) -> &str {
-        &self.id[self.path_start..]
+        &self.id[self.path_start as usize..]
     }
 
     /// Whether `self` belongs to trust domain `td`.
@@ -275,6 +282,24 @@ impl FromStr for SpiffeId {
     }
 }
 
+/// Parsed straight from the input's text when the decoder can lend it (JSON without
+/// escapes): no intermediate `String` per ID, which showed in loading a million entries.
+impl<'de> Deserialize<'de> for SpiffeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SpiffeId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SPIFFE ID")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SpiffeId, E> {
+                SpiffeId::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 impl TryFrom<String> for SpiffeId {
     type Error = IdError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -284,7 +309,7 @@ impl TryFrom<String> for SpiffeId {
 
 impl From<SpiffeId> for String {
     fn from(id: SpiffeId) -> String {
-        id.id
+        id.id.to_string()
     }
 }
 

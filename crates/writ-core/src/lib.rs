@@ -39,7 +39,7 @@ pub mod task;
 
 pub use bundle::{Bundle, BundleError, JwtAuthority, PublicJwk};
 pub use duration::{format_duration, parse_duration, DurationError};
-pub use entry::{is_reserved_id, server_id, Delegation, Entry, EntryError};
+pub use entry::{is_reserved_id, server_id, Delegation, Entry, EntryById, EntryError};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use node::{AttestedNode, JoinToken};
 pub use selector::{Selector, SelectorError};

@@ -45,7 +45,7 @@ impl ServerState {
                     // The revision before the listing (see `run`): the loop then replays
                     // whatever was committed meanwhile.
                     let revision = self.store.revision()?;
-                    let fresh = EntryIndex::new(self.store.list_entries()?, revision);
+                    let fresh = EntryIndex::load(self.store.as_ref(), revision)?;
                     *self.index.write().unwrap_or_else(unpoison) = fresh;
                     let _ = self.events.send(Event::PolicyChanged);
                     continue;

@@ -10,11 +10,12 @@
 //! 2. every unexpired entry whose parent is one of those identities, then, breadth first, every
 //!    entry whose parent is the SPIFFE ID of an entry already in the set (nested entries).
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use writ_core::{AttestedNode, Entry, Selector, SpiffeId};
+use writ_core::{AttestedNode, Entry, EntryById as ById, Selector, SpiffeId};
 use writ_store::{Change, ChangeKind};
 
 /// The entries sharing one hash of a SPIFFE ID.
@@ -24,17 +25,44 @@ enum Bucket {
     Many(Vec<Arc<Entry>>),
 }
 
+/// The index's hasher: keyed with a random seed per process (so keys chosen from outside
+/// cannot be aimed at one bucket) and several times faster than SipHash on short IDs, which
+/// dominated loading a million entries.
+type Fast = foldhash::fast::RandomState;
+
+/// A hasher for keys that are already hashes (`by_spiffe`): the key is used as it is.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Entries by ID with the lookups authorisation needs.
+///
+/// Memory: each entry is held once (`Arc<Entry>`); the lookups hold pointers to it, and entries
+/// with the same parent share that parent ID's text (interned on insert). About 0.7 KiB an
+/// entry with one selector (docs/benchmarks.md, `writ-bench scale`).
 #[derive(Debug, Default)]
 pub(crate) struct EntryIndex {
     revision: u64,
-    by_id: HashMap<String, Arc<Entry>>,
-    by_parent: HashMap<SpiffeId, HashSet<String>>,
+    by_id: HashSet<ById, Fast>,
+    by_parent: HashMap<SpiffeId, HashSet<ById, Fast>, Fast>,
     /// Entries by a hash of their SPIFFE ID (the key is not stored again; lookups compare the
     /// ID). Most IDs have one entry, which costs no allocation: ~40 bytes an entry.
-    by_spiffe: HashMap<u64, Bucket>,
-    hasher: std::collections::hash_map::RandomState,
-    alias_by_selector: HashMap<Selector, HashSet<String>>,
+    by_spiffe: HashMap<u64, Bucket, BuildHasherDefault<PreHashed>>,
+    hasher: Fast,
+    alias_by_selector: HashMap<Selector, HashSet<ById, Fast>, Fast>,
 }
 
 impl EntryIndex {
@@ -45,9 +73,50 @@ impl EntryIndex {
             ..Default::default()
         };
         for e in entries {
-            idx.insert(Arc::new(e));
+            idx.insert(e);
         }
         idx
+    }
+
+    /// Builds the index from the store's entries as of `revision`, streamed (never all
+    /// decoded at once, so the peak is the index itself, not twice it). Reading and decoding
+    /// run on a second thread, indexing on this one: the two halves cost about the same, so a
+    /// million entries load in about half the time (docs/benchmarks.md, `scale`).
+    pub(crate) fn load(
+        store: &dyn writ_store::Store,
+        revision: u64,
+    ) -> Result<Self, writ_store::StoreError> {
+        const BATCH: usize = 1024;
+        let mut idx = Self::new(Vec::new(), revision);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Entry>>(8);
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH);
+                let read = store.scan_entries(writ_store::EntryFilter::All, "", &mut |e| {
+                    batch.push(e);
+                    // A closed channel means the indexing side is gone: stop reading.
+                    batch.len() < BATCH
+                        || tx
+                            .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                            .is_ok()
+                });
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                read
+            });
+            for batch in rx {
+                for e in batch {
+                    idx.insert(e);
+                }
+            }
+            reader.join().unwrap_or_else(|_| {
+                Err(writ_store::StoreError::Unavailable(
+                    "the thread reading the entries failed".into(),
+                ))
+            })
+        })?;
+        Ok(idx)
     }
 
     /// The revision the index reflects.
@@ -58,15 +127,15 @@ impl EntryIndex {
     /// Entries whose `expires_at` has passed (still stored, no longer served).
     pub(crate) fn expired(&self, now: i64) -> Vec<Arc<Entry>> {
         self.by_id
-            .values()
-            .filter(|e| e.expires_at.is_some_and(|t| t <= now))
-            .cloned()
+            .iter()
+            .filter(|e| e.0.expires_at.is_some_and(|t| t <= now))
+            .map(|e| e.0.clone())
             .collect()
     }
 
     /// Whether an entry with this ID is indexed.
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
+        self.by_id.contains(id)
     }
 
     /// Number of entries.
@@ -74,35 +143,58 @@ impl EntryIndex {
         self.by_id.len()
     }
 
-    fn insert(&mut self, e: Arc<Entry>) {
-        self.by_parent
-            .entry(e.parent_id.clone())
-            .or_default()
-            .insert(e.id.clone());
-        let h = self.hasher.hash_one(e.spiffe_id.as_str());
-        match self.by_spiffe.remove(&h) {
-            None => self.by_spiffe.insert(h, Bucket::One(e.clone())),
-            Some(Bucket::One(first)) => self
-                .by_spiffe
-                .insert(h, Bucket::Many(vec![first, e.clone()])),
-            Some(Bucket::Many(mut v)) => {
-                v.push(e.clone());
-                self.by_spiffe.insert(h, Bucket::Many(v))
+    fn get(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.by_id.get(id).map(|e| &e.0)
+    }
+
+    fn insert(&mut self, mut e: Entry) {
+        // Share the parent's text with the entries already under it (most entries have one of
+        // a few parents: their agent or node alias).
+        // A JSON decoder does not know a list's length up front and grows it by doubling: one
+        // selector would keep room for four (144 bytes of nothing, per entry).
+        e.selectors.shrink_to_fit();
+        e.dns_names.shrink_to_fit();
+        e.federates_with.shrink_to_fit();
+        // One lookup of the parent: share its text with the entries already under it (most
+        // entries have one of a few parents: their agent or node alias), then join them.
+        let siblings = match self.by_parent.entry(e.parent_id.clone()) {
+            Slot::Occupied(o) => {
+                e.parent_id = o.key().clone();
+                o.into_mut()
             }
+            Slot::Vacant(v) => v.insert(HashSet::default()),
         };
+        let e = Arc::new(e);
+        siblings.insert(ById(e.clone()));
+        let h = self.hasher.hash_one(e.spiffe_id.as_str());
+        match self.by_spiffe.entry(h) {
+            Slot::Vacant(v) => {
+                v.insert(Bucket::One(e.clone()));
+            }
+            Slot::Occupied(mut o) => {
+                let b = o.get_mut();
+                *b = match std::mem::replace(b, Bucket::Many(Vec::new())) {
+                    Bucket::One(first) => Bucket::Many(vec![first, e.clone()]),
+                    Bucket::Many(mut v) => {
+                        v.push(e.clone());
+                        Bucket::Many(v)
+                    }
+                };
+            }
+        }
         if e.is_node_alias() {
             for s in &e.selectors {
                 self.alias_by_selector
                     .entry(s.clone())
                     .or_default()
-                    .insert(e.id.clone());
+                    .insert(ById(e.clone()));
             }
         }
-        self.by_id.insert(e.id.clone(), e);
+        self.by_id.replace(ById(e));
     }
 
     fn remove(&mut self, id: &str) -> Option<Arc<Entry>> {
-        let e = self.by_id.remove(id)?;
+        let e = self.by_id.take(id)?.0;
         if let Some(set) = self.by_parent.get_mut(&e.parent_id) {
             set.remove(id);
             if set.is_empty() {
@@ -145,7 +237,7 @@ impl EntryIndex {
     pub(crate) fn apply(&mut self, c: &Change) -> Option<Arc<Entry>> {
         let old = self.remove(&c.entry.id);
         if c.kind != ChangeKind::Deleted {
-            self.insert(Arc::new(c.entry.clone()));
+            self.insert(c.entry.clone());
         }
         self.revision = self.revision.max(c.revision);
         old
@@ -157,16 +249,14 @@ impl EntryIndex {
         ids.extend(node.aliases.iter().cloned());
         let mut seen = HashSet::new();
         for s in &node.selectors {
-            for id in self.alias_by_selector.get(s).into_iter().flatten() {
-                if !seen.insert(id) {
+            for ById(e) in self.alias_by_selector.get(s).into_iter().flatten() {
+                if !seen.insert(e.id.as_str()) {
                     continue;
                 }
-                if let Some(e) = self.by_id.get(id) {
-                    if !e.is_expired(now)
-                        && writ_core::selector::is_subset(&e.selectors, &node.selectors)
-                    {
-                        ids.push(e.spiffe_id.clone());
-                    }
+                if !e.is_expired(now)
+                    && writ_core::selector::is_subset(&e.selectors, &node.selectors)
+                {
+                    ids.push(e.spiffe_id.clone());
                 }
             }
         }
@@ -187,11 +277,8 @@ impl EntryIndex {
             }
         }
         while let Some(parent) = queue.pop_front() {
-            for eid in self.by_parent.get(parent).into_iter().flatten() {
-                let Some(e) = self.by_id.get(eid) else {
-                    continue;
-                };
-                if !servable(e, now) || !seen_entries.insert(eid) {
+            for ById(e) in self.by_parent.get(parent).into_iter().flatten() {
+                if !servable(e, now) || !seen_entries.insert(e.id.as_str()) {
                     continue;
                 }
                 out.push(e.clone());
@@ -212,7 +299,7 @@ impl EntryIndex {
         id: &str,
         now: i64,
     ) -> Option<Arc<Entry>> {
-        let entry = self.by_id.get(id).filter(|e| servable(e, now))?;
+        let entry = self.get(id).filter(|e| servable(e, now))?;
         // Breadth first over parent IDs; an ID is reachable when it is one of the identities, or
         // the SPIFFE ID of a servable entry whose own parent is reachable.
         let mut seen: HashSet<&SpiffeId> = HashSet::new();

@@ -130,7 +130,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(
         format!("cannot restrict data_dir `{}`", cfg.data_dir.display()),
     ))?;
+    let opening = std::time::Instant::now();
     let store = plugins::store(&cfg)?;
+    tracing::info!(ms = opening.elapsed().as_millis() as u64, "datastore open");
     let keys = plugins::key_manager(&cfg)?;
     let upstream = plugins::upstream_authority(&cfg)?;
     let audit = AuditLog::open(store.clone(), keys.as_ref(), cfg.audit_enabled).await?;
@@ -177,7 +179,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     // between, and an index must never claim a revision it lacks (the follower replays the log
     // from this revision; applying a change the listing already has is harmless).
     let revision = store.revision()?;
-    let index = EntryIndex::new(store.list_entries()?, revision);
+    let loading = std::time::Instant::now();
+    let index = EntryIndex::load(store.as_ref(), revision)?;
+    tracing::info!(
+        entries = index.len(),
+        ms = loading.elapsed().as_millis() as u64,
+        "entry index loaded"
+    );
     let policy = crate::policy::Policies::open(cfg.policy.clone())?;
     let revocations = RevocationList::load(store.as_ref())
         .map_err(|e| ServerError::Revocations(e.to_string()))?;

@@ -50,6 +50,31 @@ pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.into()))
 }
 
+/// An entry as stored: its JSON without the top-level fields that hold their default (empty
+/// text and lists, `false`, `0`, `null`), which decoding restores (every optional field of
+/// [`Entry`] is `#[serde(default)]` with the zero value). A typical entry is ~240 bytes
+/// instead of ~400, on disk and in sled's page cache, which holds every page the start-up
+/// listing read (see `CACHE_BYTES`).
+fn enc_entry(e: &Entry) -> Result<Vec<u8>, StoreError> {
+    let mut v = serde_json::to_value(e).map_err(|e| StoreError::Corrupt(e.into()))?;
+    if let serde_json::Value::Object(m) = &mut v {
+        m.retain(|k, x| {
+            // The identifying fields are always kept, whatever their value.
+            matches!(k.as_str(), "id" | "spiffe_id" | "parent_id" | "selectors")
+                || !match x {
+                    serde_json::Value::Null => true,
+                    serde_json::Value::Bool(b) => !*b,
+                    // `expires_at: 0` is an instant (long past), not "never" (`null`).
+                    serde_json::Value::Number(n) => k != "expires_at" && n.as_u64() == Some(0),
+                    serde_json::Value::String(s) => s.is_empty(),
+                    serde_json::Value::Array(a) => a.is_empty(),
+                    serde_json::Value::Object(_) => false,
+                }
+        });
+    }
+    enc(&v)
+}
+
 pub(crate) fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.into()))
 }
@@ -77,6 +102,15 @@ pub(crate) fn tx_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// sled's page cache. Its default (1 GiB) let the start-up scan of every entry keep each page
+/// it read, on top of the server's own index, which already holds every entry decoded. sled
+/// settles cache accesses per shard in queues of 64 (256 shards), so a small store keeps every
+/// page it read whatever the cap; a large one keeps the cap plus those queues (measured with
+/// heaptrack and `writ-bench scale`: docs/benchmarks.md). What the server reads from the store
+/// after start (admin listings a page at a time, uniqueness checks, the revision log) is small
+/// and falls through to the OS page cache.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
 impl SledStore {
     /// Opens (creating if needed) the datastore in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -88,6 +122,7 @@ impl SledStore {
             match sled::Config::new()
                 .path(dir.as_ref())
                 .mode(sled::Mode::HighThroughput)
+                .cache_capacity(CACHE_BYTES)
                 .open()
             {
                 Ok(db) => break db,
@@ -188,7 +223,7 @@ impl SledStore {
                     if *kind == ChangeKind::Deleted {
                         entries.remove(new.id.as_bytes())?;
                     } else {
-                        entries.insert(new.id.as_bytes(), enc(&new).map_err(Tx::Abort)?)?;
+                        entries.insert(new.id.as_bytes(), enc_entry(&new).map_err(Tx::Abort)?)?;
                         spiffe.insert(idx_key(new.spiffe_id.as_str(), &new.id), &[])?;
                         parent.insert(idx_key(new.parent_id.as_str(), &new.id), &[])?;
                         for s in &new.selectors {
@@ -687,5 +722,63 @@ impl Store for SledStore {
         }
         self.tasks.apply_batch(b)?;
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            id: "e1".into(),
+            ..Entry::new(
+                SpiffeId::parse("spiffe://td/w").unwrap(),
+                SpiffeId::parse("spiffe://td/node").unwrap(),
+                vec![Selector::parse("unix:uid:0").unwrap()],
+            )
+        }
+    }
+
+    /// The compact stored form decodes to exactly the entry, whichever fields hold defaults,
+    /// and `expires_at: 0` (an instant) never turns into "never expires".
+    #[test]
+    fn stored_entry_round_trips() {
+        let plain = entry();
+        let bytes = enc_entry(&plain).unwrap();
+        assert_eq!(dec::<Entry>(&bytes).unwrap(), plain);
+        assert!(
+            bytes.len() < enc(&plain).unwrap().len() / 2 + 60,
+            "defaults left out"
+        );
+
+        let mut at_zero = entry();
+        at_zero.expires_at = Some(0);
+        assert_eq!(
+            dec::<Entry>(&enc_entry(&at_zero).unwrap()).unwrap(),
+            at_zero
+        );
+
+        let mut full = entry();
+        full.x509_svid_ttl = 60;
+        full.jwt_svid_ttl = 30;
+        full.dns_names = vec!["a.example".into()];
+        full.hint = "h".into();
+        full.admin = true;
+        full.downstream = true;
+        full.federates_with = vec![TrustDomain::new("other.org").unwrap()];
+        full.expires_at = Some(1_900_000_000);
+        full.owner = "team".into();
+        full.purpose = "why".into();
+        full.break_glass = true;
+        full.break_glass_reason = "incident".into();
+        full.delegate = Some(writ_core::entry::Delegation {
+            max_ttl: 600,
+            max_active: 0,
+            audiences: vec![],
+        });
+        full.created_at = 5;
+        full.revision = 7;
+        assert_eq!(dec::<Entry>(&enc_entry(&full).unwrap()).unwrap(), full);
     }
 }

@@ -16,6 +16,21 @@ use writ_testkit::{PgCluster, PG_PASSWORD};
 const CHILD_ENV: &str = "WRIT_AUDIT_CHILD_DIR";
 /// The audit key of a test directory, made on first use so the crashing child and the parent
 /// share it.
+/// Opens a datastore with sled directly, as soon as the store just dropped has let go of it
+/// (sled's flusher thread can hold the directory lock a moment after the drop).
+fn open_raw(dir: &std::path::Path) -> sled::Db {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+}
+
 fn key_in(dir: &std::path::Path) -> EcdsaKeyPair {
     let rng = SystemRandom::new();
     let path = dir.join("audit-key.pk8");
@@ -144,7 +159,7 @@ fn an_append_cut_short_before_its_head_is_invisible_and_overwritten() {
     // What a crash between the record batch and the head leaves: a record (and its index key)
     // past the head. Written with sled directly, as the interrupted append would have.
     {
-        let db = sled::open(d.path()).unwrap();
+        let db = open_raw(d.path());
         let stray = db
             .open_tree("audit")
             .unwrap()

@@ -45,7 +45,7 @@ pub(super) fn x509_answer(view: &WorkloadView, selectors: &[Selector]) -> X509An
         }
         svids.push(wl::X509svid {
             spiffe_id: s.spiffe_id.to_string(),
-            x509_svid: s.chain.concat(),
+            x509_svid: s.chain_der(),
             x509_svid_key: s.key_pkcs8.clone(),
             bundle: own.clone(),
             hint: e.hint.clone(),
