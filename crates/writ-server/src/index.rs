@@ -25,9 +25,21 @@ enum Bucket {
     Many(Vec<Arc<Entry>>),
 }
 
-/// The index's hasher: keyed with a random seed per process (so keys chosen from outside
-/// cannot be aimed at one bucket) and several times faster than SipHash on short IDs, which
-/// dominated loading a million entries.
+/// Runs `f`, which blocks for seconds (loading the index), telling a multi-thread runtime so
+/// that the worker's other tasks move elsewhere; anywhere else it just runs `f`.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The index's hasher: foldhash with a random seed per process, several times faster than
+/// SipHash on short IDs (SipHash was a quarter of loading a million entries). foldhash is
+/// only minimally resistant to deliberate collisions; the keys here are server-made entry
+/// IDs and IDs and selectors written by administrators, not text agents or workloads choose.
 type Fast = foldhash::fast::RandomState;
 
 /// A hasher for keys that are already hashes (`by_spiffe`): the key is used as it is.
@@ -89,31 +101,33 @@ impl EntryIndex {
         const BATCH: usize = 1024;
         let mut idx = Self::new(Vec::new(), revision);
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Entry>>(8);
-        std::thread::scope(|s| {
-            let reader = s.spawn(move || {
-                let mut batch = Vec::with_capacity(BATCH);
-                let read = store.scan_entries(writ_store::EntryFilter::All, "", &mut |e| {
-                    batch.push(e);
-                    // A closed channel means the indexing side is gone: stop reading.
-                    batch.len() < BATCH
-                        || tx
-                            .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                            .is_ok()
+        blocking(|| {
+            std::thread::scope(|s| {
+                let reader = s.spawn(move || {
+                    let mut batch = Vec::with_capacity(BATCH);
+                    let read = store.scan_entries(writ_store::EntryFilter::All, "", &mut |e| {
+                        batch.push(e);
+                        // A closed channel means the indexing side is gone: stop reading.
+                        batch.len() < BATCH
+                            || tx
+                                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                                .is_ok()
+                    });
+                    if !batch.is_empty() {
+                        let _ = tx.send(batch);
+                    }
+                    read
                 });
-                if !batch.is_empty() {
-                    let _ = tx.send(batch);
+                for batch in rx {
+                    for e in batch {
+                        idx.insert(e);
+                    }
                 }
-                read
-            });
-            for batch in rx {
-                for e in batch {
-                    idx.insert(e);
-                }
-            }
-            reader.join().unwrap_or_else(|_| {
-                Err(writ_store::StoreError::Unavailable(
-                    "the thread reading the entries failed".into(),
-                ))
+                reader.join().unwrap_or_else(|_| {
+                    Err(writ_store::StoreError::Unavailable(
+                        "the thread reading the entries failed".into(),
+                    ))
+                })
             })
         })?;
         Ok(idx)

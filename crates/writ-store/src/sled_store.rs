@@ -56,11 +56,29 @@ pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 /// instead of ~400, on disk and in sled's page cache, which holds every page the start-up
 /// listing read (see `CACHE_BYTES`).
 fn enc_entry(e: &Entry) -> Result<Vec<u8>, StoreError> {
+    // The fields that may be left out, each only when it holds its zero value. A list of what
+    // may go (not of what must stay), so a field added later is stored until it is listed.
+    const DROPPABLE: [&str; 15] = [
+        "x509_svid_ttl",
+        "jwt_svid_ttl",
+        "dns_names",
+        "hint",
+        "admin",
+        "downstream",
+        "federates_with",
+        "expires_at",
+        "owner",
+        "purpose",
+        "break_glass",
+        "break_glass_reason",
+        "delegate",
+        "created_at",
+        "revision",
+    ];
     let mut v = serde_json::to_value(e).map_err(|e| StoreError::Corrupt(e.into()))?;
     if let serde_json::Value::Object(m) = &mut v {
         m.retain(|k, x| {
-            // The identifying fields are always kept, whatever their value.
-            matches!(k.as_str(), "id" | "spiffe_id" | "parent_id" | "selectors")
+            !DROPPABLE.contains(&k.as_str())
                 || !match x {
                     serde_json::Value::Null => true,
                     serde_json::Value::Bool(b) => !*b,
@@ -737,6 +755,71 @@ mod tests {
                 SpiffeId::parse("spiffe://td/node").unwrap(),
                 vec![Selector::parse("unix:uid:0").unwrap()],
             )
+        }
+    }
+
+    /// Every combination of set and default fields round-trips (a deterministic sample).
+    #[test]
+    fn stored_entries_round_trip_whatever_is_set() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut bit = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x & 1 == 1
+        };
+        for i in 0..500 {
+            let mut e = entry();
+            if bit() {
+                e.x509_svid_ttl = i;
+            }
+            if bit() {
+                e.jwt_svid_ttl = i;
+            }
+            if bit() {
+                e.dns_names = vec![format!("h{i}.example")];
+            }
+            if bit() {
+                e.hint = format!("h{i}");
+            }
+            e.admin = bit();
+            e.downstream = bit();
+            if bit() {
+                e.federates_with = vec![TrustDomain::new("other.org").unwrap()];
+            }
+            e.expires_at = match (bit(), bit()) {
+                (true, true) => Some(0),
+                (true, false) => Some(i as i64),
+                _ => None,
+            };
+            if bit() {
+                e.owner = "o".into();
+            }
+            if bit() {
+                e.purpose = "p".into();
+            }
+            e.break_glass = bit();
+            if bit() {
+                e.break_glass_reason = "r".into();
+            }
+            if bit() {
+                e.delegate = Some(writ_core::entry::Delegation {
+                    max_ttl: i,
+                    max_active: 0,
+                    audiences: vec![],
+                });
+            }
+            if bit() {
+                e.created_at = i as i64;
+            }
+            if bit() {
+                e.revision = i;
+            }
+            assert_eq!(
+                dec::<Entry>(&enc_entry(&e).unwrap()).unwrap(),
+                e,
+                "case {i}"
+            );
         }
     }
 
