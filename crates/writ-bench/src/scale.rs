@@ -140,7 +140,7 @@ async fn server_run(sz: &Sizes, total: usize, agents: bool, rows: &mut Vec<Row>)
         t.elapsed().as_secs_f64()
     );
     // The kernel writing back the gigabytes just populated would otherwise land inside the
-    // server's start-up (measured: 9.7 s instead of 5.0 s at a million entries).
+    // server's start-up.
     rustix::fs::sync();
     let (srv, first_start) = spawn_server(dir.path()).await;
     srv.stop();
