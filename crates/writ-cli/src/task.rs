@@ -103,14 +103,17 @@ async fn run_forwarding_signals(
 ) -> std::io::Result<std::process::ExitStatus> {
     use rustix::process::{kill_process, Pid, Signal};
     use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a signal that arrives between the spawn and their installation would
+    // otherwise kill `writ` outright and leave the task active until it expires (seen under
+    // load: the command printed its task ID, the caller sent SIGTERM at once).
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut child = command.spawn()?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .and_then(Pid::from_raw);
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         let sig = tokio::select! {
             status = child.wait() => return status,
