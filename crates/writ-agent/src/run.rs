@@ -52,7 +52,11 @@ impl AgentAdmin for Admin {
         let without = c
             .servable(now)
             .iter()
-            .filter(|e| c.svids.get(&e.id).is_none_or(|s| s.expires_at <= now))
+            .filter(|e| {
+                c.svids
+                    .get(e.id.as_str())
+                    .is_none_or(|s| s.expires_at <= now)
+            })
             .count() as u64;
         Ok(Response::new(pb::AgentHealthResponse {
             earliest_svid_expiry: earliest,

@@ -15,7 +15,7 @@ use writ_ca::{KeyType, PrivateKey};
 use writ_core::Entry;
 use writ_proto::v1 as pb;
 
-use crate::cache::{leaf_serial, CachedSvid};
+use crate::cache::{leaf_serial, CachedSvid, NewSvid};
 use crate::failover::ServerGone;
 use crate::node_client::Node;
 use crate::state::AgentState;
@@ -32,8 +32,8 @@ pub(crate) const SIGN_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Cuts `due` into signing batches of at most [`SIGN_BATCH`] entries and about
 /// [`SIGN_BATCH_BYTES`] of expected response (a batch always takes at least one entry).
-fn sign_batches(due: &[Entry]) -> Vec<&[Entry]> {
-    let est = |e: &Entry| {
+fn sign_batches(due: &[Arc<Entry>]) -> Vec<&[Arc<Entry>]> {
+    let est = |e: &Arc<Entry>| {
         2048 + e.spiffe_id.as_str().len() + e.dns_names.iter().map(|d| d.len() + 8).sum::<usize>()
     };
     let mut out = Vec::new();
@@ -60,10 +60,13 @@ impl AgentState {
             let now = writ_core::now_unix();
             let (due, next_wake) = {
                 let c = self.view.read();
-                let mut due = Vec::new();
+                // The cache's own entries, shared: a deep copy of every due entry lived as
+                // long as the signing pass, among the SVIDs it made, and left the heap
+                // fragmented (~0.3 KiB of RSS an SVID at 10,000, heaptrack + `writ-bench agent`).
+                let mut due: Vec<Arc<Entry>> = Vec::new();
                 let mut next = i64::MAX;
-                for e in c.servable(now) {
-                    match c.svids.get(&e.id) {
+                for e in c.servable_shared(now) {
+                    match c.svids.get(e.id.as_str()) {
                         Some(s) if s.entry_revision == e.revision && now < s.rotate_at => {
                             next = next.min(s.rotate_at)
                         }
@@ -122,7 +125,11 @@ impl AgentState {
         }
     }
 
-    async fn sign_batch(&self, client: &mut Node, batch: &[Entry]) -> Result<(), tonic::Status> {
+    async fn sign_batch(
+        &self,
+        client: &mut Node,
+        batch: &[Arc<Entry>],
+    ) -> Result<(), tonic::Status> {
         // Key generation and CSR signing are CPU work (~40 us each): off the async workers.
         let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
         let (keys, requests) = tokio::task::spawn_blocking(move || {
@@ -158,9 +165,9 @@ impl AgentState {
                     continue;
                 }
                 let mut chain = r.cert_chain;
-                // A fresh allocation of exactly the leaf: the decoded one sits among the
-                // response's short-lived buffers, and the cache keeps it for hours.
-                let leaf = chain.remove(0).as_slice().to_vec();
+                // Packed into one fresh allocation below (`CachedSvid::new`): the decoded leaf
+                // sits among the response's short-lived buffers, and the cache keeps it for hours.
+                let leaf = chain.remove(0);
                 let serial = leaf_serial(&leaf);
                 let issuer_key_id = writ_ca::authority::authority_key_id(&leaf);
                 // Revoked while it was being signed: never served.
@@ -171,18 +178,18 @@ impl AgentState {
                 let life = (r.expires_at - now).max(1);
                 let jitter = self.random_below((life / 10).max(0) as u64) as i64;
                 c.svids.insert(
-                    e.id.clone(),
-                    Box::new(CachedSvid {
+                    e.id.as_str().into(),
+                    Box::new(CachedSvid::new(NewSvid {
                         entry_revision: e.revision,
                         spiffe_id: e.spiffe_id.clone(),
-                        leaf,
+                        leaf: &leaf,
+                        key_pkcs8: k.pkcs8_der(),
+                        serial: &serial,
                         issuer,
-                        key_pkcs8: k.pkcs8_der().to_vec(),
                         issued_at: now,
                         expires_at: r.expires_at,
-                        serial,
                         rotate_at: now + life / 2 - jitter,
-                    }),
+                    })),
                 );
                 added += 1;
             }

@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo build --release && cargo run --release -p writ-bench -- all --write
 //! ```
-//! Sections: `issuance`, `latency`, `propagation`, `scale`, `storm`, `governance`, `tasks`, `ha`
+//! Sections: `issuance`, `latency`, `propagation`, `scale` (`agent`: its agent rows alone), `storm`, `governance`, `tasks`, `ha`
 //! (several servers on a private PostgreSQL), `streams` (10,000 streaming workloads), `peers`
 //! (or `all`); `smoke` runs every section with tiny sizes (CI uses it to keep the benchmark working). `--write` replaces
 //! the generated block of docs/benchmarks.md with the table.
@@ -177,11 +177,12 @@ fn machine() -> String {
 }
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "issuance",
     "latency",
     "propagation",
     "scale",
+    "agent",
     "storm",
     "governance",
     "tasks",
@@ -243,6 +244,11 @@ fn main() {
         if want("scale") {
             eprintln!("== scale");
             rows.extend(scale::scale(&sizes).await);
+        }
+        // The agent rows of `scale` alone (part of `scale`; not run again by `all`).
+        if what.contains(&"agent") && !want("scale") {
+            eprintln!("== agent");
+            rows.extend(scale::agent_rows(&sizes).await);
         }
         if want("storm") {
             eprintln!("== storm");

@@ -249,7 +249,8 @@ async fn create_to_workload(dir: &Path, srv: &ServerProc, trials: usize) -> (f64
 
 /// A real agent: RSS before and after `agent_svids` entries (memory per cached SVID), then
 /// killed (-9) and started again: time until every SVID is served again.
-async fn agent_rows(sz: &Sizes) -> Vec<Row> {
+/// The agent rows: memory per cached SVID and a kill -9 restart with all of them.
+pub async fn agent_rows(sz: &Sizes) -> Vec<Row> {
     let n = sz.agent_svids;
     let dir = tempfile::tempdir().unwrap();
     let (srv, _) = spawn_server(dir.path()).await;

@@ -54,11 +54,11 @@ pub async fn tasks(sz: &Sizes) -> Vec<Row> {
         &format!("unix:uid:{}", my_uid()),
         3600,
     );
-    e.delegate = Some(writ_core::Delegation {
+    e.delegate = Some(Box::new(writ_core::Delegation {
         max_ttl: 600,
         max_active: 100_000,
         audiences: vec!["tool".into()],
-    });
+    }));
     server.state.create_entry(e).await.unwrap();
     wait_svids(&agent, 1).await;
     let endpoint = format!("unix:{}", agent.state.cfg.socket_path.display());

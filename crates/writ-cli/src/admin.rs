@@ -132,7 +132,7 @@ fn apply_fields(e: &mut Entry, f: EntryFields, creating: bool) -> Result<(), Cli
         e.break_glass_reason = f.reason.unwrap_or_default();
     }
     match f.delegate {
-        Some(crate::args::DelegateArg::Set(d)) => e.delegate = Some(d),
+        Some(crate::args::DelegateArg::Set(d)) => e.delegate = Some(Box::new(d)),
         Some(crate::args::DelegateArg::None) => e.delegate = None,
         None => {}
     }

@@ -86,12 +86,12 @@ pub fn entry_from_pb(p: &pb::Entry) -> Result<Entry, Status> {
         delegate: p
             .delegate
             .as_ref()
-            .map(|d| -> Result<Delegation, Status> {
-                Ok(Delegation {
+            .map(|d| -> Result<Box<Delegation>, Status> {
+                Ok(Box::new(Delegation {
                     max_ttl: ttl("delegate.max_ttl", d.max_ttl)?,
                     max_active: d.max_active,
                     audiences: d.audiences.clone(),
-                })
+                }))
             })
             .transpose()?,
         created_at: p.created_at,

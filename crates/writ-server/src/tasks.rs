@@ -731,11 +731,11 @@ mod tests {
             node.spiffe_id.clone(),
             vec![Selector::parse("unix:uid:1").unwrap()],
         );
-        e.delegate = Some(Delegation {
+        e.delegate = Some(Box::new(Delegation {
             max_ttl: 600,
             max_active: 10,
             audiences: vec!["tool".into()],
-        });
+        }));
         let e = Arc::new(st.create_entry(e).await.unwrap());
         let now = writ_core::now_unix();
         let id = new_task_id().unwrap();

@@ -803,11 +803,11 @@ mod tests {
                 e.break_glass_reason = "r".into();
             }
             if bit() {
-                e.delegate = Some(writ_core::entry::Delegation {
+                e.delegate = Some(Box::new(writ_core::entry::Delegation {
                     max_ttl: i,
                     max_active: 0,
                     audiences: vec![],
-                });
+                }));
             }
             if bit() {
                 e.created_at = i as i64;
@@ -855,11 +855,11 @@ mod tests {
         full.purpose = "why".into();
         full.break_glass = true;
         full.break_glass_reason = "incident".into();
-        full.delegate = Some(writ_core::entry::Delegation {
+        full.delegate = Some(Box::new(writ_core::entry::Delegation {
             max_ttl: 600,
             max_active: 0,
             audiences: vec![],
-        });
+        }));
         full.created_at = 5;
         full.revision = 7;
         assert_eq!(dec::<Entry>(&enc_entry(&full).unwrap()).unwrap(), full);

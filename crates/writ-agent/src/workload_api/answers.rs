@@ -33,7 +33,7 @@ pub(super) fn x509_answer(view: &WorkloadView, selectors: &[Selector]) -> X509An
     let mut hints = std::collections::HashSet::new();
     let mut federated = HashMap::new();
     for e in &entries {
-        let Some(s) = c.svids.get(&e.id) else {
+        let Some(s) = c.svids.get(e.id.as_str()) else {
             continue;
         };
         if s.expires_at <= now {
@@ -46,7 +46,7 @@ pub(super) fn x509_answer(view: &WorkloadView, selectors: &[Selector]) -> X509An
         svids.push(wl::X509svid {
             spiffe_id: s.spiffe_id.to_string(),
             x509_svid: s.chain_der(),
-            x509_svid_key: s.key_pkcs8.clone(),
+            x509_svid_key: s.key_pkcs8().to_vec(),
             bundle: own.clone(),
             hint: e.hint.clone(),
         });

@@ -161,7 +161,7 @@ impl Tasks for TasksApi {
             .view
             .read()
             .svids
-            .get(&entry.id)
+            .get(entry.id.as_str())
             .map(|s| s.expires_at)
             .filter(|t| *t > writ_core::now_unix())
             .ok_or_else(|| {
