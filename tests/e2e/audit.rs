@@ -1,14 +1,16 @@
 //! The audit journal through the real processes: every issuance path (agent batch, agent JWT,
 //! operator `x509 mint` / `jwt mint`) leaves exactly one issue record, `writ audit trace`
 //! follows one credential, acknowledged records survive `kill -9`, and `writ audit verify`
-//! names the first bad record when the datastore is edited behind the server's back (sled
-//! opened directly, as an attacker with the data directory would).
+//! names the first bad record when the datastore is edited behind the server's back (the
+//! journal's segment file rewritten with valid checksums, as an attacker with the data
+//! directory would).
 
 use std::path::Path;
 use std::time::Duration;
 
 use super::support::*;
 use serde_json::Value;
+use writ_store::journal::frame::{self, Kind};
 use writ_testkit::*;
 
 /// The serial of the first certificate in a PEM chain, lowercase hex (parsed by x509-parser).
@@ -264,54 +266,78 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
     let clean = s.dir.path().join("datastore.clean");
     copy_dir(&store, &clean);
 
-    type Tamper = fn(&sled::Tree);
+    // The journal's segment, edited as an attacker with the data directory would: frames
+    // re-encoded with valid checksums (which anyone can compute), so only the hash chain and
+    // the signed checkpoints can tell.
+    type Tamper = fn(&mut Vec<(Kind, Vec<u8>)>);
+    fn nth_record(f: &[(Kind, Vec<u8>)], n: usize) -> usize {
+        f.iter()
+            .enumerate()
+            .filter(|(_, (k, _))| *k == Kind::Record)
+            .nth(n - 1)
+            .unwrap()
+            .0
+    }
     let cases: [(&str, Tamper, &str); 4] = [
         (
             "edit a field",
-            |t| {
-                let mut r: Value =
-                    serde_json::from_slice(&t.get(4u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+            |f| {
+                let i = nth_record(f, 4);
+                let mut r: Value = serde_json::from_slice(&f[i].1).unwrap();
                 r["spiffe_id"] = "spiffe://example.org/someone-else".into();
-                t.insert(4u64.to_be_bytes(), serde_json::to_vec(&r).unwrap())
-                    .unwrap();
+                f[i].1 = serde_json::to_vec(&r).unwrap();
             },
             "record 4 was edited",
         ),
         (
             "delete a record",
-            |t| {
-                t.remove(5u64.to_be_bytes()).unwrap();
+            |f| {
+                let i = nth_record(f, 5);
+                f.remove(i);
             },
-            "record 5 is missing",
+            "record 5 cannot be read: it holds record 6",
         ),
         (
             "swap two records",
-            |t| {
-                let a = t.get(3u64.to_be_bytes()).unwrap().unwrap();
-                let b = t.get(6u64.to_be_bytes()).unwrap().unwrap();
-                t.insert(3u64.to_be_bytes(), b).unwrap();
-                t.insert(6u64.to_be_bytes(), a).unwrap();
+            |f| {
+                let (a, b) = (nth_record(f, 3), nth_record(f, 6));
+                f.swap(a, b);
             },
             "record 3 cannot be read: it holds record 6: records were swapped or moved",
         ),
         (
             "drop the tail",
-            |t| {
-                t.remove(9u64.to_be_bytes()).unwrap();
-                t.remove(8u64.to_be_bytes()).unwrap();
+            |f| {
+                // The records, not their checkpoints: those are what tell.
+                let (a, b) = (nth_record(f, 8), nth_record(f, 9));
+                f.remove(b);
+                f.remove(a);
             },
             "the journal ends at record 7 but a signed checkpoint covers up to record 9",
         ),
     ];
+    let segment = store.join("journal/seg-00000000000000000001.log");
+    let read_frames = |path: &Path| {
+        let b = std::fs::read(path).unwrap();
+        let mut out = Vec::new();
+        let mut p = 0;
+        while p < b.len() {
+            let (h, payload) = frame::decode(&b[p..]).unwrap();
+            out.push((h.kind, payload.to_vec()));
+            p += h.frame_len() as usize;
+        }
+        out
+    };
     for (what, tamper, expected) in cases {
         std::fs::remove_dir_all(&store).unwrap();
         copy_dir(&clean, &store);
-        {
-            let db = sled::open(&store).unwrap();
-            let t = db.open_tree("audit").unwrap();
-            tamper(&t);
-            db.flush().unwrap();
+        let mut f = read_frames(&segment);
+        tamper(&mut f);
+        let mut b = Vec::new();
+        for (k, payload) in &f {
+            frame::encode(&mut b, *k, payload).unwrap();
         }
+        std::fs::write(&segment, b).unwrap();
         s.spawn();
         let r = s.cli(&["audit", "verify"]);
         assert_eq!(r.code, 1, "{what}: verify must fail: {r:?}");
@@ -322,6 +348,33 @@ fn audit_verify_names_the_first_bad_record_after_tampering() {
         );
         assert_eq!(s.terminate(), Some(0));
     }
+    // An edit that does not bother with the checksum: the frame stays in place, unreadable,
+    // and verify names it (the server does not cut the journal short around it).
+    std::fs::remove_dir_all(&store).unwrap();
+    copy_dir(&clean, &store);
+    let mut b = std::fs::read(&segment).unwrap();
+    let at = {
+        let f = read_frames(&segment);
+        let i = nth_record(&f, 4);
+        f[..i]
+            .iter()
+            .map(|(_, p)| frame::HEADER + p.len())
+            .sum::<usize>()
+            + frame::HEADER
+            + 20
+    };
+    b[at] ^= 0x01;
+    std::fs::write(&segment, b).unwrap();
+    s.spawn();
+    let r = s.cli(&["audit", "verify"]);
+    assert_eq!(r.code, 1, "unfixed checksum: verify must fail: {r:?}");
+    assert!(
+        r.stderr
+            .contains("record 4 cannot be read: its frame is damaged"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(s.terminate(), Some(0));
     // The untouched copy still verifies.
     std::fs::remove_dir_all(&store).unwrap();
     copy_dir(&clean, &store);

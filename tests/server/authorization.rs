@@ -178,6 +178,41 @@ async fn agents_only_get_what_they_are_authorised_for() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // A rogue node's 3 MiB of audiences (every one is journalled with the token): refused
+    // before policy and the journal, in a batch alongside another agent's request as well;
+    // the journal takes what comes next and still verifies.
+    let huge: Vec<String> = (0..3000).map(|i| format!("{i:01000}")).collect();
+    let err = a
+        .client
+        .mint_jwt(pb::MintJwtRequest {
+            entry_id: mine_id.to_owned(),
+            audience: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("1 to 64"), "{}", err.message());
+    let resp = a
+        .client
+        .batch_mint_jwt(pb::BatchMintJwtRequest {
+            requests: vec![
+                pb::MintJwtRequest {
+                    entry_id: mine_id.to_owned(),
+                    audience: huge[..1500].to_vec(),
+                },
+                pb::MintJwtRequest {
+                    entry_id: mine_id.to_owned(),
+                    audience: vec!["db".into()],
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = resp.results.iter().map(|r| r.code).collect();
+    assert_eq!(codes, vec![Code::InvalidArgument as i32, 0]);
+    let v = s.cli(&["audit", "verify", "--output", "json"]).ok().json();
+    assert!(v["records"].as_u64().unwrap() > 0, "{v}");
     // A CSR with a bad signature: InvalidArgument in the per-item result.
     let (mut bad, _) = sign_req(mine_id);
     let n = bad.csr.len();

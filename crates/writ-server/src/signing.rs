@@ -42,8 +42,8 @@ pub(crate) enum SignError {
     /// The agent was evicted or banned while its request was signed.
     #[error("agent `{0}` was evicted or banned while its request was signed")]
     NodeGone(SpiffeId),
-    /// A JWT-SVID audience list that is empty or holds an empty or oversized value.
-    #[error("audience must hold one or more non-empty values")]
+    /// A JWT-SVID audience list that is empty, too long, or holds an empty or oversized value.
+    #[error("audience must hold 1 to {MAX_AUDIENCES} non-empty values of at most 1024 bytes")]
     BadAudience,
     /// The CA refused the request (see [`is_bad_request`]) or failed.
     #[error(transparent)]
@@ -63,6 +63,18 @@ pub(crate) enum SignError {
     /// The issue records could not be made durable: nothing is handed out unrecorded.
     #[error("not issued: {0}")]
     Audit(#[from] crate::audit::AuditError),
+}
+
+/// Most audiences one JWT-SVID may name. Every value is journalled with the token, so the
+/// list bounds what one caller can make the journal write (a journal record must stay far
+/// below the frame limit, or a whole group of other callers' records would be refused).
+pub(crate) const MAX_AUDIENCES: usize = 64;
+
+/// Whether a JWT-SVID audience list is acceptable.
+fn audience_ok(audience: &[String]) -> bool {
+    !audience.is_empty()
+        && audience.len() <= MAX_AUDIENCES
+        && audience.iter().all(|a| !a.is_empty() && a.len() <= 1024)
 }
 
 /// Whether a CA error is the requester's fault (a bad CSR, key, ID, TTL or DNS name) rather
@@ -137,7 +149,7 @@ impl ServerState {
         audience: &[String],
         ttl: i64,
     ) -> Result<MintedJwt, SignError> {
-        if audience.is_empty() || audience.iter().any(|a| a.is_empty() || a.len() > 1024) {
+        if !audience_ok(audience) {
             return Err(SignError::BadAudience);
         }
         let signer = self.ca.read().unwrap_or_else(unpoison).jwt_signer();
@@ -153,6 +165,10 @@ impl ServerState {
         entry_id: &str,
         audience: &[String],
     ) -> Result<(MintedJwt, Arc<Entry>), SignError> {
+        // Before policy too: its denial record would carry the list.
+        if !audience_ok(audience) {
+            return Err(SignError::BadAudience);
+        }
         self.mint_token_for(
             node,
             entry_id,

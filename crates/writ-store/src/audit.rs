@@ -47,39 +47,6 @@ impl AuditQuery<'_> {
     }
 }
 
-/// The index keys of a record: `<tag><value>\0<seq, 8 bytes big-endian>`.
-pub(crate) fn index_keys(r: &Record) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for (tag, v) in [
-        (b's', &r.spiffe_id),
-        (b'n', &r.serial),
-        (b'j', &r.jti),
-        (b'e', &r.entry_id),
-        (b't', &r.task_id),
-    ] {
-        if let Some(v) = v {
-            out.push(index_key(tag, v, r.seq));
-        }
-    }
-    out
-}
-
-/// One index key.
-pub(crate) fn index_key(tag: u8, value: &str, seq: u64) -> Vec<u8> {
-    let mut k = index_prefix(tag, value);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// The prefix of every index key for `value`.
-pub(crate) fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(value.len() + 10);
-    k.push(tag);
-    k.extend_from_slice(value.as_bytes());
-    k.push(0);
-    k
-}
-
 /// Signs the new head of the journal (`seq`, `hash`, `time_ms`) with the audit key.
 pub type CheckpointSigner<'a> = &'a (dyn Fn(u64, &str, i64) -> Result<Checkpoint, String> + Sync);
 

@@ -18,6 +18,7 @@
 //!   race.
 
 mod audit;
+pub mod journal;
 mod pg;
 mod sled_audit;
 mod sled_store;

@@ -1,36 +1,138 @@
-//! The audit journal in sled. Trees: `audit` (seq, 8 bytes big-endian -> record JSON),
-//! `audit_cp` (seq -> checkpoint JSON), `audit_idx` (index keys, see `audit.rs`), and the head
-//! (`seq`, `hash`) under `audit_head` in `meta`.
+//! The embedded store's audit journal: segment files next to sled (see [`crate::journal`]),
+//! and the one-time move of a journal kept in sled trees by earlier versions.
 //!
-//! Invariant: appends are serialised by the audit lock; an append is durable and visible once
-//! the head names it (records, index keys and the checkpoint are written first, then the head,
-//! then one flush). Records past the head (an append cut short by a crash) are removed before
-//! the next append, and an index key whose record is missing or is another record is skipped,
-//! so the journal as read always ends at a signed checkpoint.
+//! Earlier versions kept the journal in sled: `audit` (seq -> record JSON), `audit_cp` (seq ->
+//! checkpoint JSON), `audit_idx` (index keys) and the head under `audit_head` in `meta`. At
+//! open such a journal is copied byte for byte into segments in a directory of its own, which
+//! is renamed into place once durable (a crash before the rename redoes the copy). The old
+//! trees are left as they were, unused: a copy to fall back on, dropped by a later release. A
+//! head that does not decode stops the copy (the store does not open) rather than guess.
 
-use writ_audit::{Chain, Checkpoint, Record};
+use std::path::Path;
 
-use crate::audit::{index_keys, index_prefix, AuditBatch, AuditQuery, CheckpointSigner};
-use crate::sled_store::{dec, enc, SledStore};
+use sled::Tree;
+use writ_audit::Record;
+
+use crate::audit::{AuditBatch, AuditQuery, CheckpointSigner};
+use crate::journal::{self, Group, Journal, JournalError};
+use crate::sled_store::SledStore;
 use crate::StoreError;
 
 const HEAD_KEY: &[u8] = b"audit_head";
+const OLD_TREES: [&str; 3] = ["audit", "audit_cp", "audit_idx"];
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Head {
-    seq: u64,
-    hash: String,
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Damaged { .. } => StoreError::Corrupt(e.into()),
+            _ => StoreError::Db(e.into()),
+        }
+    }
+}
+
+/// Opens the journal in `<dir>/journal`, first moving a journal earlier versions kept in sled.
+pub(crate) fn open_journal(
+    db: &sled::Db,
+    meta: &Tree,
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<Journal, StoreError> {
+    let target = dir.join("journal");
+    // Looked up without creating them: a store made by this version has none.
+    let names = db.tree_names();
+    let has = |n: &str| names.iter().any(|t| t.as_ref() == n.as_bytes());
+    let old = meta.get(HEAD_KEY)?.is_some() || OLD_TREES.iter().any(|n| has(n));
+    if old && !target.exists() {
+        let head = match meta.get(HEAD_KEY)? {
+            Some(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(
+                        "the audit journal's head in sled (meta/audit_head) does not decode; \
+                         it is not moved into segment files"
+                            .into(),
+                    )
+                })?,
+            None => 0,
+        };
+        let (records, cps) = (db.open_tree("audit")?, db.open_tree("audit_cp")?);
+        let staging = dir.join("journal.migrating");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| JournalError::io(&staging, e))?;
+        }
+        let j = Journal::open(&staging, segment_bytes)?;
+        j.import(old_groups(&records, &cps, head))?;
+        drop(j);
+        std::fs::rename(&staging, &target).map_err(|e| JournalError::io(&target, e))?;
+        journal::sync_dir(&target)?;
+        tracing::info!(
+            records = head,
+            "audit journal moved from sled into segment files (the sled trees are kept, unused)"
+        );
+    }
+    Ok(Journal::open(&target, segment_bytes)?)
+}
+
+/// The old journal's appends: records up to each checkpoint, then the checkpoint. A record
+/// missing from the tree is copied as an empty frame in its place (the verifier names it).
+/// Checkpoints past the head (an append the old version's crash cut short before its head was
+/// written) and records past it are not part of that journal and are not copied.
+fn old_groups<'a>(
+    records: &'a Tree,
+    cps: &'a Tree,
+    head: u64,
+) -> impl Iterator<Item = Result<Group, JournalError>> + 'a {
+    let db = |e: sled::Error| JournalError::Other(format!("reading the old journal: {e}"));
+    let mut cp_iter = cps.iter();
+    let mut next = 1u64;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let cp = match cp_iter.next() {
+            Some(Ok((k, v))) => {
+                let seq = k
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                (seq <= head).then_some((seq, v))
+            }
+            Some(Err(e)) => return Some(Err(db(e))),
+            None => None,
+        };
+        let upto = cp.as_ref().map_or(head, |(s, _)| *s);
+        if cp.is_none() {
+            done = true;
+            if next > head {
+                return None;
+            }
+        }
+        let mut g = Group::default();
+        while next <= upto {
+            let json = match records.get(next.to_be_bytes()) {
+                Ok(v) => v.map(|v| v.to_vec()).unwrap_or_default(),
+                Err(e) => return Some(Err(db(e))),
+            };
+            if let Err(e) = g.record(&json, journal::keys_of(&json).into_iter()) {
+                return Some(Err(e));
+            }
+            next += 1;
+        }
+        if let Some((_, v)) = cp {
+            if let Err(e) = g.checkpoint(&v) {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(g))
+    })
 }
 
 impl SledStore {
     pub(crate) fn audit_head_read(&self) -> Result<(u64, String), StoreError> {
-        Ok(match self.meta.get(HEAD_KEY)? {
-            Some(b) => {
-                let h: Head = dec(&b)?;
-                (h.seq, h.hash)
-            }
-            None => (0, writ_audit::GENESIS.to_owned()),
-        })
+        Ok(self.journal.head())
     }
 
     pub(crate) fn audit_append(
@@ -38,56 +140,23 @@ impl SledStore {
         batch: AuditBatch,
         sign: CheckpointSigner<'_>,
     ) -> Result<Vec<Record>, StoreError> {
-        if batch.records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _guard = self.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (seq, hash) = self.audit_head_read()?;
-        // Leftovers of an append a crash interrupted before its head was written.
-        let past = (seq + 1).to_be_bytes();
-        for k in self.audit.range(past..).keys() {
-            self.audit.remove(k?)?;
-        }
-        for k in self.audit_cp.range(past..).keys() {
-            self.audit_cp.remove(k?)?;
-        }
-        let mut chain = Chain::resume(seq, hash);
-        let records: Vec<Record> = batch
-            .records
-            .into_iter()
-            .map(|r| chain.append(r, batch.now_ms))
-            .collect();
-        let cp: Checkpoint =
-            sign(chain.seq, &chain.hash, batch.now_ms).map_err(|e| StoreError::Db(e.into()))?;
-        let encoded: Vec<(Record, Vec<u8>)> = records
-            .iter()
-            .map(|r| Ok((r.clone(), enc(r)?)))
-            .collect::<Result<_, StoreError>>()?;
-        let cp_bytes = enc(&cp)?;
-        let head = enc(&Head {
-            seq: chain.seq,
-            hash: chain.hash.clone(),
-        })?;
-        // One atomic batch per tree, in an order a crash can interrupt anywhere: index keys
-        // first (a key whose record is missing or is another record is skipped when read),
-        // then the records, then the checkpoint, then the head. Until the head moves, the
-        // append did not happen: records past the head are removed before the next append.
-        // Per-tree batches cost a fraction of one sled transaction over four trees (about
-        // 100 us a record with the transaction, dominated by it).
-        let mut idx = sled::Batch::default();
-        let mut recs = sled::Batch::default();
-        for (r, bytes) in &encoded {
-            for k in index_keys(r) {
-                idx.insert(k, &[][..]);
+        // Task records written since the last append become durable before the records that
+        // follow them (see `Store::put_task`). Under a lock: an append that finds the flag
+        // already taken must wait for the flush that took it, which covers its tasks too.
+        {
+            let _flushing = self.tasks_flush.lock().unwrap_or_else(|p| p.into_inner());
+            if self
+                .tasks_dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                if let Err(e) = self.flush() {
+                    self.tasks_dirty
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return Err(e);
+                }
             }
-            recs.insert(&r.seq.to_be_bytes(), bytes.as_slice());
         }
-        self.audit_idx.apply_batch(idx)?;
-        self.audit.apply_batch(recs)?;
-        self.audit_cp.insert(cp.seq.to_be_bytes(), cp_bytes)?;
-        self.meta.insert(HEAD_KEY, head)?;
-        self.flush()?;
-        Ok(records)
+        Ok(self.journal.append(batch, sign)?)
     }
 
     pub(crate) fn audit_visit(
@@ -96,80 +165,10 @@ impl SledStore {
         after: u64,
         visit: &mut dyn FnMut(Result<Record, (u64, String)>) -> bool,
     ) -> Result<(), StoreError> {
-        let start = (after.saturating_add(1)).to_be_bytes();
-        let read = |k: &[u8], v: &[u8]| -> Result<Record, (u64, String)> {
-            let seq = k.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-            let r: Record = serde_json::from_slice(v).map_err(|e| (seq, e.to_string()))?;
-            // A record stored under another number was moved: say so rather than let the
-            // verifier guess between a gap and a reorder.
-            if r.seq != seq {
-                return Err((
-                    seq,
-                    format!("it holds record {}: records were swapped or moved", r.seq),
-                ));
-            }
-            Ok(r)
-        };
-        // Only what the head covers: anything past it is an append a crash cut short.
-        let (head, _) = self.audit_head_read()?;
-        let end = head.saturating_add(1).to_be_bytes();
-        match query.indexed() {
-            None => {
-                for kv in self.audit.range(start..end) {
-                    let (k, v) = kv?;
-                    if !visit(read(&k, &v)) {
-                        break;
-                    }
-                }
-            }
-            Some((tag, value)) => {
-                let prefix = index_prefix(tag, value);
-                let mut from = prefix.clone();
-                from.extend_from_slice(&start);
-                for kv in self.audit_idx.range(from..) {
-                    let (k, _) = kv?;
-                    if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
-                        break;
-                    }
-                    let seq_bytes = &k[prefix.len()..];
-                    let seq = seq_bytes
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(u64::MAX);
-                    if seq > head {
-                        break;
-                    }
-                    let item = match self.audit.get(seq_bytes)? {
-                        // An index key left by an append a crash cut short may name a number
-                        // since reused by another record: only records that match count.
-                        Some(v) => match read(seq_bytes, &v) {
-                            Ok(r) if !query.matches(&r) => continue,
-                            other => other,
-                        },
-                        None => {
-                            let seq = seq_bytes
-                                .try_into()
-                                .map(u64::from_be_bytes)
-                                .unwrap_or(u64::MAX);
-                            Err((seq, "indexed record is missing".to_owned()))
-                        }
-                    };
-                    if !visit(item) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        Ok(self.journal.visit(query, after, visit)?)
     }
 
-    pub(crate) fn audit_cps(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        self.audit_cp
-            .iter()
-            .map(|kv| {
-                let (_, v) = kv?;
-                dec(&v)
-            })
-            .collect()
+    pub(crate) fn audit_cps(&self) -> Result<Vec<writ_audit::Checkpoint>, StoreError> {
+        Ok(self.journal.checkpoints()?)
     }
 }

@@ -37,13 +37,15 @@ pub struct SledStore {
     tokens: Tree,
     bundles: Tree,
     tasks: Tree,
-    pub(crate) audit: Tree,
-    pub(crate) audit_cp: Tree,
-    pub(crate) audit_idx: Tree,
+    /// The audit journal (segment files in `<dir>/journal`, not sled: see `sled_audit.rs`).
+    pub(crate) journal: crate::journal::Journal,
+    /// Task records were written since the last flush: the next audit append flushes sled
+    /// first (see [`Store::put_task`]).
+    pub(crate) tasks_dirty: std::sync::atomic::AtomicBool,
+    /// Held while an audit append flushes for `tasks_dirty`.
+    pub(crate) tasks_flush: Mutex<()>,
     /// Serialises entry writes (uniqueness check + revision numbering).
     write_lock: Mutex<()>,
-    /// Serialises audit appends (separately from entry writes).
-    pub(crate) audit_lock: Mutex<()>,
 }
 
 pub(crate) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -132,6 +134,12 @@ const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 impl SledStore {
     /// Opens (creating if needed) the datastore in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, crate::journal::SEGMENT_BYTES)
+    }
+
+    /// [`SledStore::open`] with the audit journal's segments sealed at `segment_bytes` (small
+    /// values exercise sealing in tests; the default suits production).
+    pub fn open_with(dir: impl AsRef<Path>, segment_bytes: u64) -> Result<Self, StoreError> {
         // sled's flusher thread can hold the file lock for a moment after the previous handle
         // in this process was dropped (a restart in place, tests): retry briefly on a lock
         // error; a lock another process holds still fails after the retries.
@@ -159,23 +167,24 @@ impl SledStore {
             }
         };
         let t = |n: &str| db.open_tree(n);
+        let meta = t("meta")?;
+        let journal = crate::sled_audit::open_journal(&db, &meta, dir.as_ref(), segment_bytes)?;
         Ok(SledStore {
             entries: t("entries")?,
             idx_spiffe: t("idx_spiffe")?,
             idx_parent: t("idx_parent")?,
             idx_selector: t("idx_selector")?,
             revlog: t("revlog")?,
-            meta: t("meta")?,
+            meta,
             nodes: t("nodes")?,
             tokens: t("tokens")?,
             bundles: t("bundles")?,
             tasks: t("tasks")?,
-            audit: t("audit")?,
-            audit_cp: t("audit_cp")?,
-            audit_idx: t("audit_idx")?,
+            journal,
+            tasks_dirty: std::sync::atomic::AtomicBool::new(false),
+            tasks_flush: Mutex::new(()),
             db,
             write_lock: Mutex::new(()),
-            audit_lock: Mutex::new(()),
         })
     }
 
@@ -717,6 +726,8 @@ impl Store for SledStore {
 
     fn put_task(&self, task: &Task) -> Result<(), StoreError> {
         self.tasks.insert(task.id.as_bytes(), enc(task)?)?;
+        self.tasks_dirty
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
