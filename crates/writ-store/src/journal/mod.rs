@@ -2,8 +2,9 @@
 //! for the embedded store.
 //!
 //! One append is one `write` of its record frames and its checkpoint frame ([`frame`]), then
-//! one `fdatasync`: the cost of a record is its JSON and a checksum, not a database insert
-//! (four sled inserts a record before, ~59 us; see docs/benchmarks.md). A segment is sealed
+//! an `fdatasync` shared with every append written before it started ([`write`]): the cost of
+//! a record is its JSON and a checksum, not a database insert (four sled inserts a record
+//! before, ~59 us; see docs/benchmarks.md). A segment is sealed
 //! when it passes its size limit: its index is written to `seg-<first seq>.idx` ([`index`])
 //! and a new segment starts. The open segment's index is in memory and rebuilt at open by
 //! reading the segment ([`scan`]).
@@ -11,10 +12,12 @@
 //! Invariants:
 //! - Record `first + i` is the `i`-th record frame of the segment named `first`; a reader
 //!   checks the record's own number and reports a mismatch (moved or removed records).
-//! - Readers see an append only after its `fdatasync` returned (the in-memory state is
-//!   published then), so nothing unacknowledged is ever read.
-//! - Appends are serialised by the writer lock; the journal as read always ends at a
-//!   checkpoint; bytes past the last one at open are an interrupted append, kept aside.
+//! - Readers see an append only after an `fdatasync` that started after its `write` returned
+//!   (the in-memory state is published then, in write order), so nothing unacknowledged is
+//!   ever read.
+//! - Appends are chained and written in one order under the writer lock; the journal as read
+//!   always ends at a checkpoint; bytes past the last one at open are an interrupted append,
+//!   kept aside.
 //! - Segment files are 0600 in a 0700 directory.
 
 pub mod frame;
